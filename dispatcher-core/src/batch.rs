@@ -1,0 +1,303 @@
+//! Entries as a dispatch function sees them, and the packed byte arena they live in meanwhile.
+//!
+//! Why an arena: `enqueue` copies an entry once, into a contiguous `Vec<u8>` owned by a shard, as
+//! the record `[len: u32 LE][charge: u32 LE][bytes]`. There is no allocation and nothing to free
+//! per entry, and a whole shard changes hands by swapping one `Vec` whose capacity is kept for the
+//! next round. The callback then reads the entries in place.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// Bytes in front of every record: the entry's length and its charge, both `u32`.
+pub(crate) const RECORD_HEADER: usize = 8;
+
+/// The largest entry (and the largest charge) a record can describe.
+pub(crate) const MAX_ENTRY_LEN: usize = u32::MAX as usize;
+
+/// One entry of a [`Batch`]: the bytes that were enqueued, borrowed for the duration of the call.
+///
+/// The layout is `#[repr(C)]` `{ const uint8_t *data; size_t len; }`, the C ABI's `bd_entry`, so
+/// the C library hands the array to C without converting it. `data` has no alignment guarantee
+/// and is not NUL-terminated; `len` may be 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
+    data: *const u8,
+    len: usize,
+    _batch: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: an `Entry` is a shared borrow of bytes (`&'a [u8]`), which is `Send` and `Sync`.
+unsafe impl Send for Entry<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Entry<'_> {}
+
+impl<'a> Entry<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Entry {
+            data: bytes.as_ptr(),
+            len: bytes.len(),
+            _batch: PhantomData,
+        }
+    }
+
+    /// The entry's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        // SAFETY: `data` and `len` come from a `&'a [u8]` in `Entry::new`.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+
+    /// The entry's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the entry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Entry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry").field("len", &self.len).finish()
+    }
+}
+
+/// A group of entries handed to the dispatch function or to `on_drop`.
+///
+/// Everything it points to is valid only during the call; copy what you keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    entries: &'a [Entry<'a>],
+    bytes: usize,
+    attempt: u32,
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new(entries: &'a [Entry<'a>], bytes: usize, attempt: u32) -> Self {
+        Batch {
+            entries,
+            bytes,
+            attempt,
+        }
+    }
+
+    /// The entries, in per-thread enqueue order.
+    pub fn entries(&self) -> &'a [Entry<'a>] {
+        self.entries
+    }
+
+    /// The entries' bytes, in per-thread enqueue order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
+        self.entries.iter().map(Entry::as_bytes)
+    }
+
+    /// The number of entries (never 0 for a dispatch).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the batch has no entries (never true for a dispatch).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The bytes the entries count against the byte limits: the sum of their lengths, or of
+    /// their charges when they were enqueued with [`crate::Dispatcher::enqueue_charged`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// 1 on the first call with these entries, 2 on the first retry, and so on; 0 in `on_drop`
+    /// for entries that were never dispatched (evicted, or abandoned at a shutdown deadline).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// Records packed back to back in one buffer, read from `head`.
+///
+/// Shards append at the back; the worker and evictions consume from the front. A buffer is
+/// reset (keeping its capacity) once its last record is consumed.
+#[derive(Default)]
+pub(crate) struct Arena {
+    buf: Vec<u8>,
+    /// Offset of the oldest record not yet consumed.
+    head: usize,
+    /// Records from `head` to the end.
+    entries: usize,
+    /// Sum of those records' charges.
+    bytes: usize,
+}
+
+impl Arena {
+    /// An empty arena that reuses `buf`'s capacity.
+    pub(crate) fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Arena {
+            buf,
+            head: 0,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Gives the buffer back for reuse.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub(crate) fn entries(&self) -> usize {
+        self.entries
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Appends one record. `data.len()` and `charge` are at most [`MAX_ENTRY_LEN`].
+    #[inline]
+    pub(crate) fn push(&mut self, data: &[u8], charge: usize) {
+        debug_assert!(data.len() <= MAX_ENTRY_LEN && charge <= MAX_ENTRY_LEN);
+        let header = (data.len() as u64) | ((charge as u64) << 32);
+        self.buf.reserve(RECORD_HEADER + data.len());
+        self.buf.extend_from_slice(&header.to_le_bytes());
+        self.buf.extend_from_slice(data);
+        self.entries += 1;
+        self.bytes += charge;
+    }
+
+    /// The record at `pos`: where its bytes are, and its charge.
+    #[inline]
+    fn record_at(&self, pos: usize) -> (Range<usize>, usize) {
+        let mut header = [0u8; RECORD_HEADER];
+        header.copy_from_slice(&self.buf[pos..pos + RECORD_HEADER]);
+        let header = u64::from_le_bytes(header);
+        let start = pos + RECORD_HEADER;
+        (
+            start..start + (header & 0xffff_ffff) as usize,
+            (header >> 32) as usize,
+        )
+    }
+
+    /// Moves the oldest record into `sink` (or discards it) and returns its charge.
+    pub(crate) fn pop_front(&mut self, sink: Option<&mut Arena>) -> Option<usize> {
+        if self.entries == 0 {
+            return None;
+        }
+        let (range, charge) = self.record_at(self.head);
+        if let Some(sink) = sink {
+            sink.push(&self.buf[range.clone()], charge);
+        }
+        self.head = range.end;
+        self.entries -= 1;
+        self.bytes -= charge;
+        if self.entries == 0 {
+            self.buf.clear();
+            self.head = 0;
+        }
+        Some(charge)
+    }
+
+    /// How many records from the front fit in `max_entries` and `max_bytes` (0 = no limit):
+    /// `(entries, bytes, end offset)`.
+    pub(crate) fn prefix(&self, max_entries: usize, max_bytes: usize) -> (usize, usize, usize) {
+        let (mut entries, mut bytes, mut pos) = (0, 0, self.head);
+        while entries < self.entries && (max_entries == 0 || entries < max_entries) {
+            let (range, charge) = self.record_at(pos);
+            if max_bytes != 0 && bytes + charge > max_bytes {
+                break;
+            }
+            entries += 1;
+            bytes += charge;
+            pos = range.end;
+        }
+        (entries, bytes, pos)
+    }
+
+    /// Moves the first `entries` records (found by [`Arena::prefix`]) into `into` with one copy.
+    pub(crate) fn split_front(
+        &mut self,
+        (entries, bytes, end): (usize, usize, usize),
+        into: &mut Arena,
+    ) {
+        into.buf.extend_from_slice(&self.buf[self.head..end]);
+        into.entries += entries;
+        into.bytes += bytes;
+        self.head = end;
+        self.entries -= entries;
+        self.bytes -= bytes;
+        if self.entries == 0 {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+
+    /// Appends an [`Entry`] for every record to `out`.
+    ///
+    /// The entries borrow this arena's buffer: they stay valid while the arena is neither
+    /// changed nor dropped, even if the `Arena` value itself moves.
+    pub(crate) fn entries_into(&self, out: &mut Vec<Entry<'static>>) {
+        let mut pos = self.head;
+        for _ in 0..self.entries {
+            let (range, _) = self.record_at(pos);
+            // SAFETY: only the lifetime is extended. The caller keeps this arena alive and
+            // unchanged while it uses `out` (`Flight` and `Dropped` in engine.rs).
+            let bytes =
+                unsafe { std::mem::transmute::<&[u8], &'static [u8]>(&self.buf[range.clone()]) };
+            out.push(Entry::new(bytes));
+            pos = range.end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(arena: &Arena) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        arena.entries_into(&mut out);
+        out.iter().map(|e| e.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn push_pop_and_split_keep_order_and_counts() {
+        let mut a = Arena::default();
+        for i in 0..10u8 {
+            a.push(&vec![i; i as usize], i as usize);
+        }
+        assert_eq!((a.entries(), a.bytes()), (10, 45));
+        let mut sink = Arena::default();
+        assert_eq!(a.pop_front(Some(&mut sink)), Some(0));
+        assert_eq!(a.pop_front(None), Some(1));
+        assert_eq!(collect(&sink), vec![Vec::<u8>::new()]);
+
+        // Limits: 3 entries, or 2+3+4 = 9 bytes.
+        let cut = a.prefix(3, 0);
+        assert_eq!((cut.0, cut.1), (3, 9));
+        let cut = a.prefix(0, 8);
+        assert_eq!((cut.0, cut.1), (2, 5));
+        let mut front = Arena::default();
+        a.split_front(cut, &mut front);
+        assert_eq!(collect(&front), vec![vec![2; 2], vec![3; 3]]);
+        assert_eq!((a.entries(), a.bytes()), (6, 4 + 5 + 6 + 7 + 8 + 9));
+        while a.pop_front(None).is_some() {}
+        assert!(a.is_empty());
+        assert_eq!(a.buf.len(), 0, "an emptied arena resets its buffer");
+    }
+
+    #[test]
+    fn charge_is_independent_of_length() {
+        let mut a = Arena::default();
+        a.push(b"12345678", 3);
+        assert_eq!((a.entries(), a.bytes()), (1, 3));
+        assert_eq!(collect(&a), vec![b"12345678".to_vec()]);
+        assert_eq!(a.pop_front(None), Some(3));
+    }
+}

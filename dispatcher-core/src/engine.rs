@@ -1,0 +1,740 @@
+//! The state shared by producers, the worker and the callers of `flush`/`shutdown`, and every
+//! operation on it except the worker loop (worker.rs).
+//!
+//! Locks and what they guard (always taken in this order, never held during a callback):
+//! 1. `Inner::state`: the backlog (shards already collected by the worker), the in-flight
+//!    count, the outcome counters and the flush/shutdown requests;
+//! 2. one shard at a time, in index order: the entries appended since the last collection;
+//! 3. `Inner::space`: only to sleep and wake [`Overflow::Block`] producers.
+//!
+//! Every move of an entry between counters happens under the locks of both sides, so a stats
+//! snapshot taken under all of them satisfies
+//! `enqueued == dispatched + failed + evicted + abandoned + queued + in_flight`.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN};
+use crate::error::{BuildError, EnqueueError, FlushError, ShutdownError};
+use crate::options::{Options, Overflow};
+use crate::queue::{Budget, CachePadded, Reserved, Shard, lock, shard_count, shard_index};
+use crate::{DispatchResult, DropReason, Stats, fork, worker};
+
+/// The dispatch function, type-erased.
+pub(crate) type DispatchFn = Box<dyn FnMut(&Batch<'_>) -> DispatchResult + Send>;
+/// The `on_drop` function, type-erased. Runs on whichever thread drops entries.
+pub(crate) type DropFn = Box<dyn Fn(&Batch<'_>, DropReason) + Send + Sync>;
+
+/// `Engine::generation` while one thread rebuilds the state in a fork child.
+const RESETTING: u64 = u64::MAX;
+
+/// Everything about one dispatcher. Shared by the handle and the worker thread (`Arc`).
+pub(crate) struct Engine {
+    pub(crate) ms_delay: Duration,
+    pub(crate) options: Options,
+    max_entry_charge: usize,
+    /// Called only by the worker thread. Not in a `Mutex`: a fork child must be able to call
+    /// it even if the parent's worker was inside it at the fork.
+    dispatch: UnsafeCell<DispatchFn>,
+    on_drop: Option<DropFn>,
+    /// Time origin of the `u64` timestamps in `Inner` (0 there means "never").
+    pub(crate) epoch: Instant,
+    shard_mask: usize,
+    /// The process generation (fork.rs) that `inner` belongs to.
+    generation: AtomicU64,
+    /// The per-process state. Replaced, and the old one leaked, only in a fork child; freed
+    /// when the engine drops. So a reference obtained through `inner()` lives as long as the
+    /// engine.
+    inner: AtomicPtr<Inner>,
+}
+
+// SAFETY: every field is `Sync` except `dispatch`, which only the single worker thread of the
+// current process ever touches (the thread that `Inner::worker` names; a fork child has none
+// of its parent's threads).
+unsafe impl Sync for Engine {}
+
+/// The state of one dispatcher in one process.
+pub(crate) struct Inner {
+    pub(crate) shards: Box<[CachePadded<Mutex<Shard>>]>,
+    pub(crate) budget: Budget,
+    /// Set once by `shutdown` (or drop); later enqueues get `Closed`.
+    pub(crate) closed: AtomicBool,
+    /// When the entry that opened the current window arrived (ns since `epoch`, plus 1).
+    pub(crate) window_opened: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) state: Mutex<State>,
+    /// Signalled when a round ends (flush), when the worker exits (shutdown).
+    pub(crate) state_cv: Condvar,
+    space: Mutex<()>,
+    space_cv: Condvar,
+    /// Block-policy producers asleep on `space_cv`; the worker signals only when there are.
+    space_waiters: AtomicUsize,
+    /// The worker thread, once started.
+    worker: OnceLock<Thread>,
+    join: Mutex<Option<JoinHandle<()>>>,
+    /// How often the worker woke up (tests check that an idle worker sleeps).
+    pub(crate) wakeups: AtomicU64,
+}
+
+/// Guarded by `Inner::state`.
+pub(crate) struct State {
+    /// Shard buffers collected by the worker, oldest first, not yet dispatched.
+    pub(crate) backlog: VecDeque<Arena>,
+    pub(crate) backlog_entries: usize,
+    pub(crate) backlog_bytes: usize,
+    /// Entries of the batch being dispatched or waiting for its retry.
+    pub(crate) in_flight: usize,
+    /// Emptied buffers, capacity kept, for the shards to fill next.
+    pub(crate) pool: Vec<Vec<u8>>,
+    pub(crate) dispatched: u64,
+    pub(crate) failed: u64,
+    pub(crate) evicted: u64,
+    pub(crate) abandoned: u64,
+    pub(crate) batches: u64,
+    pub(crate) retries: u64,
+    /// Flush tickets handed out, and the highest one whose round has finished.
+    pub(crate) flush_requested: u64,
+    pub(crate) flush_done: u64,
+    pub(crate) closing: bool,
+    /// A shutdown deadline passed: no more retries, and dropping the handle does not wait.
+    pub(crate) timed_out: bool,
+    pub(crate) worker_done: bool,
+}
+
+/// Entries removed from the queue for `on_drop`, owned by the thread that removed them.
+pub(crate) struct Dropped {
+    arenas: Vec<Arena>,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Dropped {
+    fn new() -> Self {
+        Dropped {
+            arenas: Vec::new(),
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, arena: Arena) {
+        self.entries += arena.entries();
+        self.bytes += arena.bytes();
+        self.arenas.push(arena);
+    }
+
+    /// Hands the entries to `on_drop` (if any) on this thread; no lock is held.
+    fn deliver(self, engine: &Engine, reason: DropReason) {
+        if self.entries == 0 || engine.on_drop.is_none() {
+            return;
+        }
+        let mut entries = Vec::with_capacity(self.entries);
+        for arena in &self.arenas {
+            arena.entries_into(&mut entries);
+        }
+        // `entries` borrows `self.arenas`, which live until the end of this function.
+        engine.call_on_drop(&Batch::new(&entries, self.bytes, 0), reason);
+    }
+}
+
+/// A `&Inner` that the worker thread may carry; see `Engine::inner` for its lifetime.
+pub(crate) struct InnerRef(pub(crate) *const Inner);
+
+// SAFETY: `Inner` is `Sync`; the pointer stays valid while the worker holds its `Arc<Engine>`.
+unsafe impl Send for InnerRef {}
+
+impl Engine {
+    pub(crate) fn new(
+        ms_delay: Duration,
+        options: Options,
+        dispatch: DispatchFn,
+        on_drop: Option<DropFn>,
+    ) -> Result<Arc<Engine>, BuildError> {
+        options.validate(ms_delay)?;
+        fork::init();
+        let shards = shard_count();
+        let engine = Arc::new(Engine {
+            ms_delay,
+            max_entry_charge: options.max_entry_charge(),
+            dispatch: UnsafeCell::new(dispatch),
+            on_drop,
+            epoch: Instant::now(),
+            shard_mask: shards - 1,
+            generation: AtomicU64::new(fork::generation()),
+            inner: AtomicPtr::new(std::ptr::null_mut()),
+            options,
+        });
+        let inner = Box::into_raw(Box::new(Inner::new(&engine, shards, false)));
+        engine.inner.store(inner, Ordering::Release);
+        engine
+            .spawn_worker(engine.inner())
+            .map_err(BuildError::ThreadSpawn)?;
+        Ok(engine)
+    }
+
+    /// This process's state, rebuilt first if this is a fork child that has not noticed yet.
+    #[inline]
+    pub(crate) fn inner(&self) -> &Inner {
+        let generation = fork::generation();
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.after_fork(generation);
+        }
+        // SAFETY: see the `inner` field: never freed while `self` lives.
+        unsafe { &*self.inner.load(Ordering::Acquire) }
+    }
+
+    /// Gives a fork child an empty dispatcher of its own. The inherited state is leaked: its
+    /// entries are the parent's to deliver, and its locks may be held by threads that do not
+    /// exist here. The worker starts at the child's first enqueue.
+    #[cold]
+    fn after_fork(&self, generation: u64) {
+        loop {
+            let seen = self.generation.load(Ordering::Acquire);
+            if seen == generation {
+                return;
+            }
+            if seen == RESETTING
+                || self
+                    .generation
+                    .compare_exchange(seen, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                thread::yield_now();
+                continue;
+            }
+            // SAFETY: as in `inner`; only read, never locked.
+            let old = unsafe { &*self.inner.load(Ordering::Acquire) };
+            let closed = old.closed.load(Ordering::SeqCst);
+            let fresh = Box::into_raw(Box::new(Inner::new(self, self.shard_mask + 1, closed)));
+            self.inner.store(fresh, Ordering::Release);
+            self.generation.store(generation, Ordering::Release);
+            return;
+        }
+    }
+
+    fn spawn_worker(self: &Arc<Self>, inner: &Inner) -> std::io::Result<()> {
+        let mut join = lock(&inner.join);
+        if inner.worker.get().is_some() {
+            return Ok(());
+        }
+        let engine = Arc::clone(self);
+        let inner_ref = InnerRef(inner);
+        let handle = thread::Builder::new()
+            .name("bd-dispatcher".into())
+            .spawn(move || worker::run(engine, inner_ref))?;
+        let _ = inner.worker.set(handle.thread().clone());
+        *join = Some(handle);
+        Ok(())
+    }
+
+    /// A timestamp for `Inner`'s `u64` fields.
+    pub(crate) fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+
+    pub(crate) fn instant(&self, stamp: u64) -> Instant {
+        self.epoch + Duration::from_nanos(stamp - 1)
+    }
+
+    /// Calls the dispatch function; a panic counts as a failure.
+    pub(crate) fn call_dispatch(&self, batch: &Batch<'_>) -> bool {
+        // SAFETY: only the worker thread calls this (see the `dispatch` field).
+        let dispatch = unsafe { &mut *self.dispatch.get() };
+        matches!(
+            catch_unwind(AssertUnwindSafe(|| dispatch(batch))),
+            Ok(Ok(()))
+        )
+    }
+
+    /// Calls `on_drop`, if any; a panic in it is contained.
+    pub(crate) fn call_on_drop(&self, batch: &Batch<'_>, reason: DropReason) {
+        if let Some(on_drop) = &self.on_drop {
+            let _ = catch_unwind(AssertUnwindSafe(|| on_drop(batch, reason)));
+        }
+    }
+
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        data: &[u8],
+        charge: usize,
+    ) -> Result<(), EnqueueError> {
+        let inner = self.inner();
+        let result = self.try_enqueue(inner, data, charge);
+        if result.is_err() {
+            inner.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    #[inline]
+    fn try_enqueue(
+        self: &Arc<Self>,
+        inner: &Inner,
+        data: &[u8],
+        charge: usize,
+    ) -> Result<(), EnqueueError> {
+        if inner.closed.load(Ordering::Relaxed) {
+            return Err(EnqueueError::Closed);
+        }
+        if charge > self.max_entry_charge || data.len() > MAX_ENTRY_LEN {
+            return Err(EnqueueError::TooLarge);
+        }
+        if inner.worker.get().is_none() {
+            self.spawn_worker(inner)
+                .map_err(|_| EnqueueError::ThreadSpawn)?;
+        }
+        let reserved = match inner.budget.reserve(charge) {
+            Some(reserved) => reserved,
+            None => self.make_room(inner, charge)?,
+        };
+        {
+            let mut shard = lock(&inner.shards[shard_index(self.shard_mask)]);
+            // Checked under the shard lock: the worker exits only once the budget is empty,
+            // and this entry holds a reservation, so it is either collected or refused here.
+            if inner.closed.load(Ordering::SeqCst) {
+                drop(shard);
+                inner.budget.release(1, charge);
+                inner.wake_worker();
+                return Err(EnqueueError::Closed);
+            }
+            shard.arena.push(data, charge);
+            shard.enqueued += 1;
+        }
+        if reserved.prev_entries == 0 {
+            // The queue was empty: this entry opens a window. Once per window, not per entry.
+            inner
+                .window_opened
+                .store(self.stamp(Instant::now()), Ordering::Release);
+            inner.wake_worker();
+        } else if self.crosses_batch_limit(reserved, charge) {
+            inner.wake_worker();
+        }
+        Ok(())
+    }
+
+    /// Whether this entry made a full batch queued (the size trigger), once per crossing.
+    #[inline]
+    fn crosses_batch_limit(&self, r: Reserved, charge: usize) -> bool {
+        let crosses = |before: usize, add: usize, limit: usize| {
+            limit != 0 && before < limit && before + add >= limit
+        };
+        crosses(r.prev_entries, 1, self.options.max_batch_entries)
+            || crosses(r.prev_bytes, charge, self.options.max_batch_bytes)
+    }
+
+    /// The overflow policy, when the budget refused an entry.
+    #[cold]
+    fn make_room(&self, inner: &Inner, charge: usize) -> Result<Reserved, EnqueueError> {
+        match self.options.overflow {
+            Overflow::DropNewest => Err(EnqueueError::QueueFull),
+            Overflow::DropOldest => loop {
+                inner.evict(self, charge).deliver(self, DropReason::Evicted);
+                if let Some(reserved) = inner.budget.reserve(charge) {
+                    return Ok(reserved);
+                }
+                if inner.closed.load(Ordering::SeqCst) {
+                    return Err(EnqueueError::Closed);
+                }
+                // Room was taken by another producer, or the entries holding it are still
+                // being appended: try again.
+                thread::yield_now();
+            },
+            Overflow::Block => self.wait_for_room(inner, charge),
+        }
+    }
+
+    fn wait_for_room(&self, inner: &Inner, charge: usize) -> Result<Reserved, EnqueueError> {
+        if inner.on_worker_thread() {
+            // The worker frees room; waiting for it from its own thread would wait forever.
+            return Err(EnqueueError::QueueFull);
+        }
+        let deadline = deadline_after(Some(self.options.block_timeout));
+        let mut guard = lock(&inner.space);
+        inner.space_waiters.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            // Retried under `space` after registering as a waiter, so a release that happens
+            // after this check finds the waiter and signals.
+            if let Some(reserved) = inner.budget.reserve(charge) {
+                break Ok(reserved);
+            }
+            if inner.closed.load(Ordering::SeqCst) {
+                break Err(EnqueueError::Closed);
+            }
+            let now = Instant::now();
+            guard = match deadline {
+                Some(deadline) if now >= deadline => break Err(EnqueueError::QueueFull),
+                Some(deadline) => inner
+                    .space_cv
+                    .wait_timeout(guard, deadline - now)
+                    .map_or_else(|e| e.into_inner().0, |r| r.0),
+                None => inner
+                    .space_cv
+                    .wait(guard)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
+        };
+        inner.space_waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    pub(crate) fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
+        let inner = self.inner();
+        if inner.on_worker_thread() {
+            return Err(FlushError::Reentrant);
+        }
+        let deadline = deadline_after(timeout);
+        let mut st = lock(&inner.state);
+        if inner.worker.get().is_none() || st.worker_done {
+            return Ok(()); // nothing can be queued
+        }
+        st.flush_requested += 1;
+        let ticket = st.flush_requested;
+        inner.wake_worker();
+        wait_until(&inner.state_cv, st, deadline, |st| {
+            st.flush_done >= ticket || st.worker_done
+        })
+        .map(drop)
+        .map_err(|_| FlushError::Timeout)
+    }
+
+    pub(crate) fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
+        let inner = self.inner();
+        if inner.on_worker_thread() {
+            return Err(ShutdownError::Reentrant);
+        }
+        let deadline = deadline_after(timeout);
+        let mut st = lock(&inner.state);
+        inner.close(&mut st);
+        if inner.worker.get().is_none() {
+            return Ok(()); // never started: nothing was accepted
+        }
+        match wait_until(&inner.state_cv, st, deadline, |st| st.worker_done) {
+            Ok(_) => Ok(()),
+            Err(mut st) => {
+                let dropped = inner.abandon(&mut st);
+                st.timed_out = true;
+                drop(st);
+                inner.wake_worker(); // a retry waiting for its backoff gives up now
+                dropped.deliver(self, DropReason::ShutdownTimeout);
+                Err(ShutdownError::Timeout)
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let inner = self.inner();
+        let st = lock(&inner.state);
+        let mut stats = Stats {
+            rejected: inner.rejected.load(Ordering::Relaxed),
+            dispatched: st.dispatched,
+            failed: st.failed,
+            evicted: st.evicted,
+            abandoned: st.abandoned,
+            batches: st.batches,
+            retries: st.retries,
+            queued_entries: st.backlog_entries as u64,
+            queued_bytes: st.backlog_bytes as u64,
+            in_flight_entries: st.in_flight as u64,
+            ..Stats::default()
+        };
+        // Holding every lock at once makes this one consistent snapshot.
+        let shards: Vec<_> = inner.shards.iter().map(|s| lock(s)).collect();
+        for shard in &shards {
+            stats.enqueued += shard.enqueued;
+            stats.queued_entries += shard.arena.entries() as u64;
+            stats.queued_bytes += shard.arena.bytes() as u64;
+        }
+        stats
+    }
+
+    /// The handle is gone: shut down with no deadline and join the worker, unless waiting is
+    /// impossible (called from the worker itself) or was given up on (a shutdown deadline
+    /// passed). Then the worker finishes alone and frees the engine with its last reference.
+    pub(crate) fn release(&self) {
+        let inner = self.inner();
+        if inner.on_worker_thread() {
+            inner.close(&mut lock(&inner.state));
+            return;
+        }
+        let timed_out = {
+            let mut st = lock(&inner.state);
+            inner.close(&mut st);
+            st.timed_out
+        };
+        if timed_out {
+            return;
+        }
+        let _ = self.shutdown(None);
+        let handle = lock(&inner.join).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    #[doc(hidden)]
+    pub(crate) fn worker_wakeups(&self) -> u64 {
+        self.inner().wakeups.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let inner = self.inner() as *const Inner as *mut Inner;
+        // SAFETY: the last reference to the engine is going away, so nothing else uses the
+        // current `Inner`; it was made by `Box::into_raw`.
+        drop(unsafe { Box::from_raw(inner) });
+    }
+}
+
+impl Inner {
+    fn new(engine: &Engine, shards: usize, closed: bool) -> Self {
+        let o = &engine.options;
+        let track_bytes = o.max_queue_bytes != 0 || o.max_batch_bytes != 0;
+        Inner {
+            shards: (0..shards)
+                .map(|_| CachePadded(Mutex::new(Shard::default())))
+                .collect(),
+            budget: Budget::new(o.max_queue_entries, o.max_queue_bytes, track_bytes),
+            closed: AtomicBool::new(closed),
+            window_opened: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            state: Mutex::new(State {
+                backlog: VecDeque::new(),
+                backlog_entries: 0,
+                backlog_bytes: 0,
+                in_flight: 0,
+                pool: Vec::new(),
+                dispatched: 0,
+                failed: 0,
+                evicted: 0,
+                abandoned: 0,
+                batches: 0,
+                retries: 0,
+                flush_requested: 0,
+                flush_done: 0,
+                closing: closed,
+                timed_out: false,
+                worker_done: false,
+            }),
+            state_cv: Condvar::new(),
+            space: Mutex::new(()),
+            space_cv: Condvar::new(),
+            space_waiters: AtomicUsize::new(0),
+            worker: OnceLock::new(),
+            join: Mutex::new(None),
+            wakeups: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn on_worker_thread(&self) -> bool {
+        self.worker
+            .get()
+            .is_some_and(|w| w.id() == thread::current().id())
+    }
+
+    /// Unparks the worker. Costs no syscall unless it is asleep.
+    pub(crate) fn wake_worker(&self) {
+        if let Some(worker) = self.worker.get() {
+            worker.unpark();
+        }
+    }
+
+    /// Wakes `Block` producers after room was freed or the dispatcher closed.
+    pub(crate) fn room_freed(&self) {
+        if self.space_waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = lock(&self.space);
+            self.space_cv.notify_all();
+        }
+    }
+
+    /// Stops accepting entries; the worker drains what is queued and exits.
+    fn close(&self, st: &mut State) {
+        if !st.closing {
+            st.closing = true;
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        self.wake_worker();
+        self.room_freed();
+    }
+
+    /// Moves every shard's entries to the back of the backlog, swapping in pooled buffers.
+    pub(crate) fn collect_shards(&self, st: &mut State) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            if shard.arena.is_empty() {
+                continue;
+            }
+            let fresh = Arena::with_buffer(st.pool.pop().unwrap_or_default());
+            let full = std::mem::replace(&mut shard.arena, fresh);
+            drop(shard);
+            st.backlog_entries += full.entries();
+            st.backlog_bytes += full.bytes();
+            st.backlog.push_back(full);
+        }
+    }
+
+    /// Evicts the oldest queued entries until one more entry of `charge` bytes fits: the
+    /// backlog first (collected earliest), then the caller's own shard, then the others.
+    fn evict(&self, engine: &Engine, charge: usize) -> Dropped {
+        let mut st = lock(&self.state);
+        let (over_entries, over_bytes) = self.budget.excess(charge);
+        let mut eviction = Eviction {
+            over_entries,
+            over_bytes,
+            sink: engine.on_drop.as_ref().map(|_| Arena::default()),
+            entries: 0,
+            bytes: 0,
+        };
+        while let Some(front) = st.backlog.front_mut() {
+            let (entries, bytes) = eviction.pop_from(front);
+            let emptied = front.is_empty();
+            st.backlog_entries -= entries;
+            st.backlog_bytes -= bytes;
+            if !emptied {
+                break;
+            }
+            let empty = st.backlog.pop_front().unwrap_or_default();
+            st.pool.push(empty.into_buffer());
+        }
+        let own = shard_index(engine.shard_mask);
+        let order = std::iter::once(own).chain((0..self.shards.len()).filter(|&i| i != own));
+        for i in order {
+            eviction.pop_from(&mut lock(&self.shards[i]).arena);
+        }
+        st.evicted += eviction.entries as u64;
+        self.budget.release(eviction.entries, eviction.bytes);
+        drop(st);
+        let mut dropped = Dropped::new();
+        dropped.add(eviction.sink.unwrap_or_default());
+        dropped
+    }
+
+    /// Removes everything queued (not the batch in flight) at a shutdown deadline.
+    fn abandon(&self, st: &mut State) -> Dropped {
+        let mut dropped = Dropped::new();
+        for arena in st.backlog.drain(..) {
+            dropped.add(arena);
+        }
+        for shard in self.shards.iter() {
+            let arena = std::mem::take(&mut lock(shard).arena);
+            dropped.add(arena);
+        }
+        st.backlog_entries = 0;
+        st.backlog_bytes = 0;
+        st.abandoned += dropped.entries as u64;
+        self.budget.release(dropped.entries, dropped.bytes);
+        self.room_freed();
+        dropped
+    }
+}
+
+/// Progress of one `evict` call.
+struct Eviction {
+    /// How far the queue is still over its limits.
+    over_entries: usize,
+    over_bytes: usize,
+    /// Where evicted records are copied for `on_drop` (none without `on_drop`).
+    sink: Option<Arena>,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Eviction {
+    /// Pops from the front of `arena` while the queue is over its limits; returns what it took.
+    fn pop_from(&mut self, arena: &mut Arena) -> (usize, usize) {
+        let (mut entries, mut bytes) = (0, 0);
+        while self.over_entries > 0 || self.over_bytes > 0 {
+            let Some(charge) = arena.pop_front(self.sink.as_mut()) else {
+                break;
+            };
+            self.over_entries = self.over_entries.saturating_sub(1);
+            self.over_bytes = self.over_bytes.saturating_sub(charge);
+            entries += 1;
+            bytes += charge;
+        }
+        self.entries += entries;
+        self.bytes += bytes;
+        (entries, bytes)
+    }
+}
+
+/// `now + timeout`, or `None` (no deadline) for `None` or a timeout too large to add.
+pub(crate) fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// Waits on `cv` until `done(state)` or the deadline; returns the guard either way.
+fn wait_until<'a>(
+    cv: &Condvar,
+    mut guard: MutexGuard<'a, State>,
+    deadline: Option<Instant>,
+    done: impl Fn(&State) -> bool,
+) -> Result<MutexGuard<'a, State>, MutexGuard<'a, State>> {
+    loop {
+        if done(&guard) {
+            return Ok(guard);
+        }
+        guard = match deadline {
+            None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(guard);
+                }
+                cv.wait_timeout(guard, deadline - now)
+                    .map_or_else(|e| e.into_inner().0, |r| r.0)
+            }
+        };
+    }
+}
+
+/// The entries of a batch the worker owns while it is in flight.
+///
+/// `entries` points into `segments`' buffers, which are neither changed nor dropped until the
+/// batch is finished (`clear`), so it is valid for every attempt.
+#[derive(Default)]
+pub(crate) struct Flight {
+    pub(crate) segments: Vec<Arena>,
+    entries: Vec<Entry<'static>>,
+    pub(crate) count: usize,
+    pub(crate) bytes: usize,
+    pub(crate) attempt: u32,
+    pub(crate) retry_at: Option<Instant>,
+}
+
+impl Flight {
+    pub(crate) fn start(&mut self, count: usize, bytes: usize) {
+        self.entries.clear();
+        for segment in &self.segments {
+            segment.entries_into(&mut self.entries);
+        }
+        debug_assert_eq!(self.entries.len(), count);
+        (self.count, self.bytes, self.attempt, self.retry_at) = (count, bytes, 0, None);
+    }
+
+    pub(crate) fn batch(&self) -> Batch<'_> {
+        Batch::new(&self.entries, self.bytes, self.attempt)
+    }
+
+    /// Ends the batch and returns its buffers to the pool (trimmed after a burst).
+    pub(crate) fn clear(&mut self, pool: &mut Vec<Vec<u8>>, pool_cap: usize) {
+        const RETAIN: usize = 64 << 10;
+        self.entries.clear();
+        for segment in self.segments.drain(..) {
+            let mut buf = segment.into_buffer();
+            if pool.len() >= pool_cap {
+                continue;
+            }
+            if buf.capacity() > 4 * buf.len().max(RETAIN) {
+                buf = Vec::new();
+            }
+            pool.push(buf);
+        }
+        (self.count, self.bytes, self.attempt, self.retry_at) = (0, 0, 0, None);
+    }
+}

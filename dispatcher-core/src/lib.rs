@@ -1,0 +1,248 @@
+//! A background dispatcher: takes byte entries on the hot path for almost nothing, groups
+//! them, and on its own thread hands each group to a dispatch function at most every
+//! `ms_delay`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use dispatcher_core::{Dispatcher, Options};
+//!
+//! let dispatcher = Dispatcher::builder(Duration::from_millis(10))
+//!     .options(Options { max_batch_entries: 500, ..Options::default() })
+//!     .build(|batch| {
+//!         for entry in batch.iter() {
+//!             let _ = entry; // post it somewhere
+//!         }
+//!         Ok(())
+//!     })?;
+//! dispatcher.enqueue(b"GET /health 200 1ms")?;
+//! dispatcher.flush(Some(Duration::from_secs(1)))?;
+//! assert_eq!(dispatcher.stats().dispatched, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Window.** The first entry to arrive in an empty queue opens a window of `ms_delay`;
+//!   when it ends, everything queued is dispatched. Callback starts are at least `ms_delay`
+//!   apart, except for a full batch (`max_batch_entries` / `max_batch_bytes`, the size
+//!   trigger) and for `flush` and `shutdown`, which do not wait. No empty batch, ever; no
+//!   wake-up while nothing is queued.
+//! - **One callback at a time**, always on the dispatcher's thread, with no lock held.
+//! - **Order.** Entries enqueued by one thread are dispatched in that thread's order. There is
+//!   no order across threads.
+//! - **Bounded.** `max_queue_entries` / `max_queue_bytes` bound what is queued (the batch in
+//!   flight is not counted); [`Overflow`] decides what happens at the bound.
+//! - **Accounted.** Every accepted entry ends up dispatched, failed, evicted or abandoned, and
+//!   [`Stats`] counts each, consistently, at any moment.
+//! - **fork().** A child gets an empty, working dispatcher; the parent delivers what was queued
+//!   before the fork.
+//!
+//! # Cost
+//!
+//! `enqueue` copies the entry into a per-thread shard buffer under an uncontended lock and
+//! reserves room in two atomics: no allocation in steady state, no syscall, no wake-up.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod engine;
+mod error;
+mod fork;
+mod options;
+mod queue;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use batch::{Batch, Entry};
+pub use error::{BuildError, EnqueueError, FlushError, ShutdownError};
+pub use options::{DEFAULT_MAX_QUEUE_BYTES, Options, Overflow};
+
+use engine::{DispatchFn, DropFn, Engine};
+
+/// What a dispatch function returns: `Ok(())` if the batch was delivered. An `Err` (or a
+/// panic) fails the attempt; the error itself is not kept.
+pub type DispatchResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Why entries were handed to `on_drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Their batch failed `max_attempts` times (or a shutdown deadline stopped its retries).
+    /// Called on the dispatcher's thread.
+    Failed,
+    /// Evicted by [`Overflow::DropOldest`] to make room. Called on the enqueuing thread.
+    Evicted,
+    /// Still queued when a `shutdown` deadline passed. Called on the thread that called
+    /// `shutdown`.
+    ShutdownTimeout,
+}
+
+/// Counters of a dispatcher, read as one consistent snapshot.
+///
+/// In every snapshot `enqueued == dispatched + failed + evicted + abandoned + queued_entries +
+/// in_flight_entries`, and no counter but the three gauges (`queued_*`, `in_flight_entries`)
+/// ever decreases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries accepted by `enqueue`.
+    pub enqueued: u64,
+    /// Entries refused by `enqueue` (queue full, too large, closed).
+    pub rejected: u64,
+    /// Entries in a batch whose dispatch call returned success.
+    pub dispatched: u64,
+    /// Entries in a batch that failed for good (handed to `on_drop` as `Failed`).
+    pub failed: u64,
+    /// Entries evicted by `DropOldest`.
+    pub evicted: u64,
+    /// Entries removed at a shutdown deadline.
+    pub abandoned: u64,
+    /// Dispatch calls made, retries included.
+    pub batches: u64,
+    /// Dispatch calls that were retries.
+    pub retries: u64,
+    /// Entries waiting in the queue.
+    pub queued_entries: u64,
+    /// Bytes (charges) of the entries waiting in the queue.
+    pub queued_bytes: u64,
+    /// Entries of the batch being dispatched or waiting for a retry.
+    pub in_flight_entries: u64,
+}
+
+impl Stats {
+    /// Whether the accounting identity holds.
+    pub fn is_consistent(&self) -> bool {
+        self.enqueued
+            == self.dispatched
+                + self.failed
+                + self.evicted
+                + self.abandoned
+                + self.queued_entries
+                + self.in_flight_entries
+    }
+}
+
+/// Configures and starts a [`Dispatcher`].
+pub struct Builder {
+    ms_delay: Duration,
+    options: Options,
+    on_drop: Option<DropFn>,
+}
+
+impl Builder {
+    /// Sets every limit and policy at once (see [`Options`] for the defaults).
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Receives the entries that leave the queue without a successful dispatch, with the
+    /// reason. It may run on any thread (see [`DropReason`]), possibly while the dispatch
+    /// function runs; a panic in it is caught and ignored.
+    pub fn on_drop<F>(mut self, on_drop: F) -> Self
+    where
+        F: Fn(&Batch<'_>, DropReason) + Send + Sync + 'static,
+    {
+        self.on_drop = Some(Box::new(on_drop));
+        self
+    }
+
+    /// Validates the options and starts the worker thread, which calls `dispatch` with each
+    /// batch, one call at a time.
+    pub fn build<F>(self, dispatch: F) -> Result<Dispatcher, BuildError>
+    where
+        F: FnMut(&Batch<'_>) -> DispatchResult + Send + 'static,
+    {
+        let dispatch: DispatchFn = Box::new(dispatch);
+        let engine = Engine::new(self.ms_delay, self.options, dispatch, self.on_drop)?;
+        Ok(Dispatcher { engine })
+    }
+}
+
+/// A batching dispatcher with its own worker thread. Share it between threads by reference
+/// (it is `Sync`) or in an `Arc`.
+///
+/// Dropping it shuts it down with no deadline (everything accepted is dispatched or dropped)
+/// and joins the worker, except in two cases where it cannot wait: dropped from inside the
+/// dispatch function, or after a `shutdown` whose deadline passed. Then the worker finishes
+/// alone and frees everything after its last callback.
+pub struct Dispatcher {
+    engine: Arc<Engine>,
+}
+
+impl Dispatcher {
+    /// Starts configuring a dispatcher whose batches are at least `ms_delay` apart.
+    pub fn builder(ms_delay: Duration) -> Builder {
+        Builder {
+            ms_delay,
+            options: Options::default(),
+            on_drop: None,
+        }
+    }
+
+    /// Copies `data` into the queue. Never blocks, except with [`Overflow::Block`] on a full
+    /// queue (and never inside the dispatch function).
+    #[inline]
+    pub fn enqueue(&self, data: &[u8]) -> Result<(), EnqueueError> {
+        self.engine.enqueue(data, data.len())
+    }
+
+    /// Like [`Dispatcher::enqueue`], but the entry counts `charge` bytes against the byte
+    /// limits (and in `Batch::bytes`) instead of `data.len()`. For bindings whose entries are
+    /// handles to data stored elsewhere.
+    #[inline]
+    pub fn enqueue_charged(&self, data: &[u8], charge: usize) -> Result<(), EnqueueError> {
+        self.engine.enqueue(data, charge)
+    }
+
+    /// Dispatches what is queued now, without waiting for the window, and waits until every
+    /// entry accepted before this call has been dispatched or dropped. A batch waiting for a
+    /// retry keeps its backoff. `None` waits without a deadline.
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
+        self.engine.flush(timeout)
+    }
+
+    /// Stops accepting entries (later enqueues get `Closed`), dispatches everything queued at
+    /// once, and waits for it. At the deadline, entries still queued are handed to `on_drop`
+    /// as [`DropReason::ShutdownTimeout`] on this thread, the batch in flight is left to
+    /// finish (without further retries), and `Timeout` is returned. Idempotent, thread-safe.
+    pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
+        self.engine.shutdown(timeout)
+    }
+
+    /// A consistent snapshot of the counters. Briefly takes every shard lock.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// The minimum time between dispatch starts.
+    pub fn ms_delay(&self) -> Duration {
+        self.engine.ms_delay
+    }
+
+    /// The limits and policies in force.
+    pub fn options(&self) -> &Options {
+        &self.engine.options
+    }
+
+    /// How many times the worker thread has woken up. For tests that check it sleeps.
+    #[doc(hidden)]
+    pub fn worker_wakeups(&self) -> u64 {
+        self.engine.worker_wakeups()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.engine.release();
+    }
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("ms_delay", &self.engine.ms_delay)
+            .field("options", &self.engine.options)
+            .finish_non_exhaustive()
+    }
+}
