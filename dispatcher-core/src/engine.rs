@@ -389,8 +389,8 @@ impl Engine {
         }
         let deadline = deadline_after(timeout);
         let mut st = lock(&inner.state);
-        if inner.worker.get().is_none() || st.worker_done {
-            return Ok(()); // nothing can be queued
+        if inner.worker.get().is_none() || st.worker_done || (inner.budget.entries() == 0 && st.in_flight == 0) {
+            return Ok(()); // nothing accepted is still queued or in flight
         }
         st.flush_requested += 1;
         let ticket = st.flush_requested;

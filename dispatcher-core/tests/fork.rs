@@ -1,0 +1,106 @@
+//! fork(): the child gets an empty, working dispatcher; the parent keeps its entries.
+//!
+//! Kept in its own test binary with a single test: forking a process whose other test threads
+//! hold locks would make the child's behaviour depend on them.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::Recorder;
+use dispatcher_core::{Dispatcher, Options};
+
+#[test]
+fn a_fork_child_gets_an_empty_working_dispatcher() {
+    let rec = Recorder::new();
+    let d = Dispatcher::builder(Duration::from_secs(3600))
+        .options(Options { max_queue_entries: 1_000_000, ..Options::default() })
+        .build(rec.ok())
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let parent_accepted = std::thread::scope(|s| {
+        // Producers keep enqueueing (and holding shard locks) while the main thread forks.
+        let producers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let (d, stop) = (&d, &stop);
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // The queue may fill up (bounded below); count what was accepted.
+                        n += u64::from(d.enqueue(&[b'p', t]).is_ok());
+                    }
+                    n
+                })
+            })
+            .collect();
+        common::wait_until("the producers to start", || d.stats().enqueued > 1000);
+        for round in 0..4 {
+            // Every other child comes from a raw fork syscall, which runs no atfork handler
+            // (as some forking code does): the wipe-on-fork page alone must reveal it.
+            // SAFETY: the child only runs the code below and leaves with `_exit`.
+            let pid = unsafe {
+                if round % 2 == 0 { libc::fork() } else { libc::syscall(libc::SYS_fork) as libc::pid_t }
+            };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // SAFETY: leaving the child without running the parent's destructors or hooks.
+                unsafe { libc::_exit(child(&d, &rec)) };
+            }
+            let status = wait_child(pid);
+            assert!(libc::WIFEXITED(status), "the child crashed: status {status}");
+            assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed (exit code = failed check)");
+        }
+        stop.store(true, Ordering::Relaxed);
+        producers.into_iter().map(|p| p.join().unwrap()).sum::<u64>()
+    });
+    d.flush(None).unwrap();
+    assert_eq!(rec.delivered().len() as u64, parent_accepted);
+    assert!(rec.delivered().iter().all(|e| e[0] == b'p'), "the parent got a child's entry");
+}
+
+/// Waits (bounded) for a child; kills it and fails the test if it hangs.
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    let hung = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::wait_until("the fork child to exit", || {
+            // SAFETY: polling our own child.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
+        })
+    }));
+    if hung.is_err() {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        panic!("the fork child hung");
+    }
+    status
+}
+
+/// Runs in the child; returns the exit code (the number of the failed check, or 0).
+fn child(d: &Dispatcher, rec: &Recorder) -> i32 {
+    let inherited = rec.delivered().len();
+    let s = d.stats();
+    if s.enqueued != 0 || s.queued_entries != 0 {
+        return 1; // the child's dispatcher must start empty
+    }
+    for i in 0..100u8 {
+        if d.enqueue(&[b'c', i]).is_err() {
+            return 2;
+        }
+    }
+    if d.flush(Some(Duration::from_secs(20))).is_err() {
+        return 3;
+    }
+    let delivered = rec.delivered();
+    let mine: Vec<_> = delivered[inherited..].to_vec();
+    if mine.len() != 100 || mine.iter().enumerate().any(|(i, e)| e != &[b'c', i as u8]) {
+        return 4; // exactly the child's own entries, in order
+    }
+    if d.shutdown(Some(Duration::from_secs(20))).is_err() || d.stats().dispatched != 100 {
+        return 5;
+    }
+    0
+}
