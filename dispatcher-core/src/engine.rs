@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, JoinHandle, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN};
@@ -42,6 +42,8 @@ pub(crate) struct Engine {
     /// it even if the parent's worker was inside it at the fork.
     dispatch: UnsafeCell<DispatchFn>,
     on_drop: Option<DropFn>,
+    /// Threads on which an `Overflow::Block` enqueue never waits (besides the worker).
+    never_block_on: Vec<ThreadId>,
     /// Time origin of the `u64` timestamps in `Inner` (0 there means "never").
     pub(crate) epoch: Instant,
     shard_mask: usize,
@@ -103,6 +105,8 @@ pub(crate) struct State {
     pub(crate) closing: bool,
     /// A shutdown deadline passed: no more retries, and dropping the handle does not wait.
     pub(crate) timed_out: bool,
+    /// `Dispatcher::detach` was called: dropping the handle does not wait.
+    pub(crate) detached: bool,
     pub(crate) worker_done: bool,
 }
 
@@ -154,6 +158,7 @@ impl Engine {
         options: Options,
         dispatch: DispatchFn,
         on_drop: Option<DropFn>,
+        never_block_on: Vec<ThreadId>,
     ) -> Result<Arc<Engine>, BuildError> {
         options.validate(ms_delay)?;
         fork::init();
@@ -163,6 +168,7 @@ impl Engine {
             max_entry_charge: options.max_entry_charge(),
             dispatch: UnsafeCell::new(dispatch),
             on_drop,
+            never_block_on,
             epoch: Instant::now(),
             shard_mask: shards - 1,
             generation: AtomicU64::new(fork::generation()),
@@ -258,25 +264,30 @@ impl Engine {
         }
     }
 
+    /// Enqueues `data`, charged `charge` bytes. `may_wait` says whether a full queue under
+    /// [`Overflow::Block`] may wait; if not, the result is `WouldBlock`, which is not a
+    /// rejection (nothing is counted: the caller is expected to try again, waiting).
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         data: &[u8],
         charge: usize,
+        may_wait: bool,
     ) -> Result<(), EnqueueError> {
         let inner = self.inner();
-        let result = self.try_enqueue(inner, data, charge);
-        if result.is_err() {
+        let result = self.enqueue_in(inner, data, charge, may_wait);
+        if result.is_err() && result != Err(EnqueueError::WouldBlock) {
             inner.rejected.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
     #[inline]
-    fn try_enqueue(
+    fn enqueue_in(
         self: &Arc<Self>,
         inner: &Inner,
         data: &[u8],
         charge: usize,
+        may_wait: bool,
     ) -> Result<(), EnqueueError> {
         if inner.closed.load(Ordering::Relaxed) {
             return Err(EnqueueError::Closed);
@@ -290,7 +301,7 @@ impl Engine {
         }
         let reserved = match inner.budget.reserve(charge) {
             Some(reserved) => reserved,
-            None => self.make_room(inner, charge)?,
+            None => self.make_room(inner, charge, may_wait)?,
         };
         {
             let mut shard = lock(&inner.shards[shard_index(self.shard_mask)]);
@@ -329,7 +340,12 @@ impl Engine {
 
     /// The overflow policy, when the budget refused an entry.
     #[cold]
-    fn make_room(&self, inner: &Inner, charge: usize) -> Result<Reserved, EnqueueError> {
+    fn make_room(
+        &self,
+        inner: &Inner,
+        charge: usize,
+        may_wait: bool,
+    ) -> Result<Reserved, EnqueueError> {
         match self.options.overflow {
             Overflow::DropNewest => Err(EnqueueError::QueueFull),
             Overflow::DropOldest => loop {
@@ -344,13 +360,16 @@ impl Engine {
                 // being appended: try again.
                 thread::yield_now();
             },
+            Overflow::Block if !may_wait => Err(EnqueueError::WouldBlock),
             Overflow::Block => self.wait_for_room(inner, charge),
         }
     }
 
     fn wait_for_room(&self, inner: &Inner, charge: usize) -> Result<Reserved, EnqueueError> {
-        if inner.on_worker_thread() {
-            // The worker frees room; waiting for it from its own thread would wait forever.
+        let me = thread::current().id();
+        if inner.on_worker_thread() || self.never_block_on.contains(&me) {
+            // The worker frees room; waiting for it from its own thread would wait forever
+            // (and on a thread the dispatch depends on, such as an event loop, for long).
             return Err(EnqueueError::QueueFull);
         }
         let deadline = deadline_after(Some(self.options.block_timeout));
@@ -389,7 +408,10 @@ impl Engine {
         }
         let deadline = deadline_after(timeout);
         let mut st = lock(&inner.state);
-        if inner.worker.get().is_none() || st.worker_done || (inner.budget.entries() == 0 && st.in_flight == 0) {
+        if inner.worker.get().is_none()
+            || st.worker_done
+            || (inner.budget.entries() == 0 && st.in_flight == 0)
+        {
             return Ok(()); // nothing accepted is still queued or in flight
         }
         st.flush_requested += 1;
@@ -403,27 +425,48 @@ impl Engine {
     }
 
     pub(crate) fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
+        self.begin_shutdown()?;
+        match self.wait_shutdown(timeout) {
+            Err(ShutdownError::Timeout) => {}
+            done => return done,
+        }
+        let inner = self.inner();
+        let mut st = lock(&inner.state);
+        if st.worker_done {
+            return Ok(()); // finished between the deadline and this lock
+        }
+        let dropped = inner.abandon(&mut st);
+        st.timed_out = true;
+        drop(st);
+        inner.wake_worker(); // a retry waiting for its backoff gives up now
+        dropped.deliver(self, DropReason::ShutdownTimeout);
+        Err(ShutdownError::Timeout)
+    }
+
+    /// Stops accepting entries; the worker drains the queue in the background.
+    pub(crate) fn begin_shutdown(&self) -> Result<(), ShutdownError> {
+        let inner = self.inner();
+        if inner.on_worker_thread() {
+            return Err(ShutdownError::Reentrant);
+        }
+        inner.close(&mut lock(&inner.state));
+        Ok(())
+    }
+
+    /// Waits for a begun shutdown to finish, abandoning nothing at the deadline.
+    pub(crate) fn wait_shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
         let inner = self.inner();
         if inner.on_worker_thread() {
             return Err(ShutdownError::Reentrant);
         }
         let deadline = deadline_after(timeout);
-        let mut st = lock(&inner.state);
-        inner.close(&mut st);
+        let st = lock(&inner.state);
         if inner.worker.get().is_none() {
             return Ok(()); // never started: nothing was accepted
         }
-        match wait_until(&inner.state_cv, st, deadline, |st| st.worker_done) {
-            Ok(_) => Ok(()),
-            Err(mut st) => {
-                let dropped = inner.abandon(&mut st);
-                st.timed_out = true;
-                drop(st);
-                inner.wake_worker(); // a retry waiting for its backoff gives up now
-                dropped.deliver(self, DropReason::ShutdownTimeout);
-                Err(ShutdownError::Timeout)
-            }
-        }
+        wait_until(&inner.state_cv, st, deadline, |st| st.worker_done)
+            .map(drop)
+            .map_err(|_| ShutdownError::Timeout)
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -453,20 +496,17 @@ impl Engine {
     }
 
     /// The handle is gone: shut down with no deadline and join the worker, unless waiting is
-    /// impossible (called from the worker itself) or was given up on (a shutdown deadline
-    /// passed). Then the worker finishes alone and frees the engine with its last reference.
+    /// impossible (called from the worker itself), was given up on (a shutdown deadline
+    /// passed) or declined (`detach`). Then the worker finishes alone and frees the engine
+    /// with its last reference.
     pub(crate) fn release(&self) {
         let inner = self.inner();
-        if inner.on_worker_thread() {
-            inner.close(&mut lock(&inner.state));
-            return;
-        }
-        let timed_out = {
+        let wait = {
             let mut st = lock(&inner.state);
             inner.close(&mut st);
-            st.timed_out
+            !(inner.on_worker_thread() || st.timed_out || st.detached)
         };
-        if timed_out {
+        if !wait {
             return;
         }
         let _ = self.shutdown(None);
@@ -474,6 +514,14 @@ impl Engine {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+
+    /// Makes `release` return without waiting.
+    pub(crate) fn detach(&self) {
+        let inner = self.inner();
+        let mut st = lock(&inner.state);
+        inner.close(&mut st);
+        st.detached = true;
     }
 
     #[doc(hidden)]
@@ -519,6 +567,7 @@ impl Inner {
                 flush_done: 0,
                 closing: closed,
                 timed_out: false,
+                detached: false,
                 worker_done: false,
             }),
             state_cv: Condvar::new(),

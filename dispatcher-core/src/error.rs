@@ -53,6 +53,9 @@ pub enum EnqueueError {
     Closed,
     /// The worker thread, started lazily in a forked child, could not be started.
     ThreadSpawn,
+    /// Only from `try_enqueue`: [`crate::Overflow::Block`] would wait for room. Not counted as
+    /// a rejection.
+    WouldBlock,
 }
 
 impl fmt::Display for EnqueueError {
@@ -62,6 +65,7 @@ impl fmt::Display for EnqueueError {
             EnqueueError::TooLarge => "entry larger than the byte limits",
             EnqueueError::Closed => "dispatcher is shut down",
             EnqueueError::ThreadSpawn => "could not start the worker thread",
+            EnqueueError::WouldBlock => "queue full; enqueue would wait",
         })
     }
 }

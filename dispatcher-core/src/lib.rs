@@ -53,6 +53,7 @@ mod queue;
 mod worker;
 
 use std::sync::Arc;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 pub use batch::{Batch, Entry};
@@ -127,6 +128,7 @@ pub struct Builder {
     ms_delay: Duration,
     options: Options,
     on_drop: Option<DropFn>,
+    never_block_on: Vec<ThreadId>,
 }
 
 impl Builder {
@@ -147,6 +149,14 @@ impl Builder {
         self
     }
 
+    /// On this thread an [`Overflow::Block`] enqueue never waits (it gets `QueueFull` at once),
+    /// as on the dispatcher's own thread. For threads the dispatch function depends on, such
+    /// as the event loop that runs an async dispatch: waiting there would stall the dispatch.
+    pub fn never_block_on(mut self, thread: ThreadId) -> Self {
+        self.never_block_on.push(thread);
+        self
+    }
+
     /// Validates the options and starts the worker thread, which calls `dispatch` with each
     /// batch, one call at a time.
     pub fn build<F>(self, dispatch: F) -> Result<Dispatcher, BuildError>
@@ -154,7 +164,13 @@ impl Builder {
         F: FnMut(&Batch<'_>) -> DispatchResult + Send + 'static,
     {
         let dispatch: DispatchFn = Box::new(dispatch);
-        let engine = Engine::new(self.ms_delay, self.options, dispatch, self.on_drop)?;
+        let engine = Engine::new(
+            self.ms_delay,
+            self.options,
+            dispatch,
+            self.on_drop,
+            self.never_block_on,
+        )?;
         Ok(Dispatcher { engine })
     }
 }
@@ -177,6 +193,7 @@ impl Dispatcher {
             ms_delay,
             options: Options::default(),
             on_drop: None,
+            never_block_on: Vec::new(),
         }
     }
 
@@ -184,7 +201,15 @@ impl Dispatcher {
     /// queue (and never inside the dispatch function).
     #[inline]
     pub fn enqueue(&self, data: &[u8]) -> Result<(), EnqueueError> {
-        self.engine.enqueue(data, data.len())
+        self.engine.enqueue(data, data.len(), true)
+    }
+
+    /// Like [`Dispatcher::enqueue`], but never waits: where [`Overflow::Block`] would wait for
+    /// room it returns [`EnqueueError::WouldBlock`] instead, and counts nothing, so that the
+    /// caller can prepare (say, release a lock) and call `enqueue`.
+    #[inline]
+    pub fn try_enqueue(&self, data: &[u8]) -> Result<(), EnqueueError> {
+        self.engine.enqueue(data, data.len(), false)
     }
 
     /// Like [`Dispatcher::enqueue`], but the entry counts `charge` bytes against the byte
@@ -192,7 +217,13 @@ impl Dispatcher {
     /// handles to data stored elsewhere.
     #[inline]
     pub fn enqueue_charged(&self, data: &[u8], charge: usize) -> Result<(), EnqueueError> {
-        self.engine.enqueue(data, charge)
+        self.engine.enqueue(data, charge, true)
+    }
+
+    /// [`Dispatcher::try_enqueue`] with a charge, as in [`Dispatcher::enqueue_charged`].
+    #[inline]
+    pub fn try_enqueue_charged(&self, data: &[u8], charge: usize) -> Result<(), EnqueueError> {
+        self.engine.enqueue(data, charge, false)
     }
 
     /// Dispatches what is queued now, without waiting for the window, and waits until every
@@ -208,6 +239,26 @@ impl Dispatcher {
     /// finish (without further retries), and `Timeout` is returned. Idempotent, thread-safe.
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
         self.engine.shutdown(timeout)
+    }
+
+    /// The first half of `shutdown`: stops accepting entries and returns at once, while the
+    /// worker drains the queue. `Reentrant` from inside the dispatch function.
+    pub fn begin_shutdown(&self) -> Result<(), ShutdownError> {
+        self.engine.begin_shutdown()
+    }
+
+    /// The second half of `shutdown`: waits for the drain, but abandons nothing when the
+    /// deadline passes (`Timeout` then means "not yet"). For callers that wait in slices, to
+    /// stay responsive to signals.
+    pub fn wait_shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
+        self.engine.wait_shutdown(timeout)
+    }
+
+    /// Shuts down without waiting: the worker delivers what is queued, then frees everything
+    /// after its last callback. For a thread that must not wait for the dispatch, such as the
+    /// event loop an async dispatch function runs on.
+    pub fn detach(self) {
+        self.engine.detach();
     }
 
     /// A consistent snapshot of the counters. Briefly takes every shard lock.

@@ -15,7 +15,10 @@ use dispatcher_core::{Dispatcher, Options};
 fn a_fork_child_gets_an_empty_working_dispatcher() {
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_secs(3600))
-        .options(Options { max_queue_entries: 1_000_000, ..Options::default() })
+        .options(Options {
+            max_queue_entries: 1_000_000,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     let stop = AtomicBool::new(false);
@@ -40,7 +43,11 @@ fn a_fork_child_gets_an_empty_working_dispatcher() {
             // (as some forking code does): the wipe-on-fork page alone must reveal it.
             // SAFETY: the child only runs the code below and leaves with `_exit`.
             let pid = unsafe {
-                if round % 2 == 0 { libc::fork() } else { libc::syscall(libc::SYS_fork) as libc::pid_t }
+                if round % 2 == 0 {
+                    libc::fork()
+                } else {
+                    libc::syscall(libc::SYS_fork) as libc::pid_t
+                }
             };
             assert!(pid >= 0, "fork failed");
             if pid == 0 {
@@ -48,15 +55,28 @@ fn a_fork_child_gets_an_empty_working_dispatcher() {
                 unsafe { libc::_exit(child(&d, &rec)) };
             }
             let status = wait_child(pid);
-            assert!(libc::WIFEXITED(status), "the child crashed: status {status}");
-            assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed (exit code = failed check)");
+            assert!(
+                libc::WIFEXITED(status),
+                "the child crashed: status {status}"
+            );
+            assert_eq!(
+                libc::WEXITSTATUS(status),
+                0,
+                "the child failed (exit code = failed check)"
+            );
         }
         stop.store(true, Ordering::Relaxed);
-        producers.into_iter().map(|p| p.join().unwrap()).sum::<u64>()
+        producers
+            .into_iter()
+            .map(|p| p.join().unwrap())
+            .sum::<u64>()
     });
     d.flush(None).unwrap();
     assert_eq!(rec.delivered().len() as u64, parent_accepted);
-    assert!(rec.delivered().iter().all(|e| e[0] == b'p'), "the parent got a child's entry");
+    assert!(
+        rec.delivered().iter().all(|e| e[0] == b'p'),
+        "the parent got a child's entry"
+    );
 }
 
 /// Waits (bounded) for a child; kills it and fails the test if it hangs.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use common::{Gate, Recorder, entry, wait_until};
-use dispatcher_core::{DropReason, Dispatcher, EnqueueError, FlushError, Options, ShutdownError};
+use dispatcher_core::{Dispatcher, DropReason, EnqueueError, FlushError, Options, ShutdownError};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -15,7 +15,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn flush_dispatches_at_once_and_waits_for_everything_accepted_before() {
     let rec = Recorder::new();
     let d = Dispatcher::builder(HOUR)
-        .options(Options { max_batch_entries: 7, ..Options::default() })
+        .options(Options {
+            max_batch_entries: 7,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     for i in 0..20 {
@@ -26,7 +29,10 @@ fn flush_dispatches_at_once_and_waits_for_everything_accepted_before() {
     assert!(start.elapsed() < Duration::from_secs(30));
     assert_eq!(rec.delivered(), (0..20).map(entry).collect::<Vec<_>>());
     let s = d.stats();
-    assert_eq!((s.dispatched, s.queued_entries, s.in_flight_entries), (20, 0, 0));
+    assert_eq!(
+        (s.dispatched, s.queued_entries, s.in_flight_entries),
+        (20, 0, 0)
+    );
     // Nothing queued: returns at once.
     d.flush(Some(Duration::ZERO)).unwrap();
 }
@@ -46,7 +52,10 @@ fn flush_times_out_while_the_dispatch_function_is_stuck() {
     gate.wait_for_holder();
     d.enqueue(&entry(2)).unwrap();
     let start = Instant::now();
-    assert_eq!(d.flush(Some(Duration::from_millis(50))), Err(FlushError::Timeout));
+    assert_eq!(
+        d.flush(Some(Duration::from_millis(50))),
+        Err(FlushError::Timeout)
+    );
     assert!(start.elapsed() >= Duration::from_millis(50));
     gate.open();
     d.flush(None).unwrap();
@@ -81,7 +90,11 @@ fn concurrent_shutdowns_all_return_after_the_drain() {
         let handles: Vec<_> = (0..4).map(|_| s.spawn(|| d.shutdown(None))).collect();
         for h in handles {
             assert_eq!(h.join().unwrap(), Ok(()));
-            assert_eq!(rec.delivered().len(), 100, "a shutdown returned before the drain");
+            assert_eq!(
+                rec.delivered().len(),
+                100,
+                "a shutdown returned before the drain"
+            );
         }
     });
 }
@@ -104,7 +117,10 @@ fn a_shutdown_deadline_abandons_the_queue_to_on_drop_on_the_calling_thread() {
         d.enqueue(&entry(i)).unwrap();
     }
     let start = Instant::now();
-    assert_eq!(d.shutdown(Some(Duration::from_millis(60))), Err(ShutdownError::Timeout));
+    assert_eq!(
+        d.shutdown(Some(Duration::from_millis(60))),
+        Err(ShutdownError::Timeout)
+    );
     assert!(start.elapsed() >= Duration::from_millis(60));
     let drops = rec.drops.lock().unwrap().clone();
     assert_eq!(drops.len(), 1);
@@ -113,7 +129,10 @@ fn a_shutdown_deadline_abandons_the_queue_to_on_drop_on_the_calling_thread() {
     assert_eq!(drops[0].2, 0);
     assert_eq!(drops[0].3, (1..=3).map(entry).collect::<Vec<_>>());
     let s = d.stats();
-    assert_eq!((s.abandoned, s.in_flight_entries, s.queued_entries), (3, 1, 0));
+    assert_eq!(
+        (s.abandoned, s.in_flight_entries, s.queued_entries),
+        (3, 1, 0)
+    );
     assert!(s.is_consistent());
     // The batch in flight still finishes.
     gate.open();
@@ -146,7 +165,10 @@ fn drop_delivers_everything_then_frees_the_callbacks() {
     }
     drop(d);
     assert_eq!(rec.delivered().len(), 50);
-    assert!(freed.load(Ordering::SeqCst), "the dispatch closure outlived the dispatcher");
+    assert!(
+        freed.load(Ordering::SeqCst),
+        "the dispatch closure outlived the dispatcher"
+    );
 }
 
 #[test]
@@ -171,13 +193,24 @@ fn drop_after_a_timed_out_shutdown_does_not_wait_for_a_stuck_callback() {
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();
-    assert_eq!(d.shutdown(Some(Duration::from_millis(20))), Err(ShutdownError::Timeout));
+    assert_eq!(
+        d.shutdown(Some(Duration::from_millis(20))),
+        Err(ShutdownError::Timeout)
+    );
     let start = Instant::now();
     drop(d);
-    assert!(start.elapsed() < Duration::from_secs(5), "drop waited for the stuck callback");
-    assert!(!freed.load(Ordering::SeqCst), "freed while a callback still runs");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "drop waited for the stuck callback"
+    );
+    assert!(
+        !freed.load(Ordering::SeqCst),
+        "freed while a callback still runs"
+    );
     gate.open();
-    wait_until("the worker to free the dispatcher", || freed.load(Ordering::SeqCst));
+    wait_until("the worker to free the dispatcher", || {
+        freed.load(Ordering::SeqCst)
+    });
     assert_eq!(rec.delivered(), vec![entry(0)]);
 }
 
@@ -225,7 +258,10 @@ fn inside_the_callback_enqueue_works_and_flush_and_shutdown_refuse() {
     assert_eq!(enqueue, Ok(()));
     assert!(took < Duration::from_secs(1));
     d.flush(None).unwrap();
-    assert_eq!(rec.delivered(), vec![b"outside".to_vec(), b"from inside".to_vec()]);
+    assert_eq!(
+        rec.delivered(),
+        vec![b"outside".to_vec(), b"from inside".to_vec()]
+    );
 }
 
 #[test]
@@ -250,9 +286,63 @@ fn dropping_the_last_handle_inside_the_callback_is_deferred() {
     d.enqueue(b"one").unwrap();
     let weak = Arc::downgrade(&d);
     *holder.lock().unwrap() = Some(d);
-    wait_until("the handle to be dropped inside the callback", || weak.strong_count() == 0);
+    wait_until("the handle to be dropped inside the callback", || {
+        weak.strong_count() == 0
+    });
     // Entries queued before the drop are still delivered by the detached worker: none here
     // (the handle is gone, so nothing more can be enqueued), and the worker exits cleanly.
     wait_until("the first batch", || rec.calls().len() == 1);
     assert_eq!(rec.delivered(), vec![b"one".to_vec()]);
+}
+
+#[test]
+fn a_shutdown_can_be_begun_and_waited_for_in_slices_without_abandoning() {
+    let (rec, gate) = (Recorder::new(), Gate::new());
+    let (r, g) = (rec.clone(), gate.clone());
+    let d = Dispatcher::builder(Duration::from_millis(1))
+        .on_drop(rec.on_drop())
+        .build(move |batch| {
+            g.pass();
+            r.record(batch);
+            Ok(())
+        })
+        .unwrap();
+    d.enqueue(&entry(0)).unwrap();
+    gate.wait_for_holder();
+    d.enqueue(&entry(1)).unwrap();
+    d.begin_shutdown().unwrap();
+    assert_eq!(d.enqueue(b"late"), Err(EnqueueError::Closed));
+    for _ in 0..3 {
+        assert_eq!(
+            d.wait_shutdown(Some(Duration::from_millis(10))),
+            Err(ShutdownError::Timeout)
+        );
+    }
+    assert_eq!(d.stats().abandoned, 0, "wait_shutdown abandons nothing");
+    gate.open();
+    d.wait_shutdown(None).unwrap();
+    assert_eq!(rec.delivered(), vec![entry(0), entry(1)]);
+}
+
+#[test]
+fn detach_returns_at_once_and_the_worker_delivers_everything() {
+    let (rec, gate) = (Recorder::new(), Gate::new());
+    let (r, g) = (rec.clone(), gate.clone());
+    let d = Dispatcher::builder(Duration::from_millis(1))
+        .build(move |batch| {
+            g.pass();
+            r.record(batch);
+            Ok(())
+        })
+        .unwrap();
+    d.enqueue(&entry(0)).unwrap();
+    gate.wait_for_holder();
+    d.enqueue(&entry(1)).unwrap();
+    let start = Instant::now();
+    d.detach();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    gate.open();
+    wait_until("the detached worker to deliver", || {
+        rec.delivered().len() == 2
+    });
 }

@@ -3,8 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::Recorder;
@@ -23,7 +23,11 @@ fn eight_threads_lose_nothing_and_keep_their_order() {
     const PER_THREAD: u32 = 20_000;
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_millis(2))
-        .options(Options { max_queue_bytes: 0, max_batch_entries: 1000, ..Options::default() })
+        .options(Options {
+            max_queue_bytes: 0,
+            max_batch_entries: 1000,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     std::thread::scope(|s| {
@@ -46,9 +50,15 @@ fn eight_threads_lose_nothing_and_keep_their_order() {
         *expected += 1;
     }
     assert_eq!(next.len(), THREADS as usize);
-    assert!(next.values().all(|&n| n == PER_THREAD), "lost entries: {next:?}");
+    assert!(
+        next.values().all(|&n| n == PER_THREAD),
+        "lost entries: {next:?}"
+    );
     let s = d.stats();
-    assert_eq!((s.enqueued, s.dispatched), ((THREADS * PER_THREAD) as u64, (THREADS * PER_THREAD) as u64));
+    assert_eq!(
+        (s.enqueued, s.dispatched),
+        ((THREADS * PER_THREAD) as u64, (THREADS * PER_THREAD) as u64)
+    );
     assert!(rec.calls().iter().all(|c| c.entries.len() <= 1000));
 }
 
@@ -68,7 +78,11 @@ fn every_stats_snapshot_is_consistent_under_load_and_counters_never_go_back() {
         .on_drop(|_, _| {})
         .build(move |_| {
             // Every third call fails.
-            if f.fetch_add(1, Ordering::Relaxed) % 3 == 0 { Err("flaky".into()) } else { Ok(()) }
+            if f.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+                Err("flaky".into())
+            } else {
+                Ok(())
+            }
         })
         .unwrap();
     let stop = AtomicBool::new(false);
@@ -89,7 +103,10 @@ fn every_stats_snapshot_is_consistent_under_load_and_counters_never_go_back() {
             while !stop.load(Ordering::Relaxed) {
                 let now = d.stats();
                 assert!(now.is_consistent(), "inconsistent snapshot: {now:?}");
-                assert!(monotone(&last, &now), "a counter went back: {last:?} -> {now:?}");
+                assert!(
+                    monotone(&last, &now),
+                    "a counter went back: {last:?} -> {now:?}"
+                );
                 last = now;
                 n += 1;
             }
@@ -98,7 +115,11 @@ fn every_stats_snapshot_is_consistent_under_load_and_counters_never_go_back() {
         let producers: Vec<_> = (0..4)
             .map(|t| {
                 let d = &d;
-                s.spawn(move || (0..50_000u32).for_each(|i| { let _ = d.enqueue(&tagged(t, i)); }))
+                s.spawn(move || {
+                    (0..50_000u32).for_each(|i| {
+                        let _ = d.enqueue(&tagged(t, i));
+                    })
+                })
             })
             .collect();
         producers.into_iter().for_each(|p| p.join().unwrap());
@@ -110,6 +131,9 @@ fn every_stats_snapshot_is_consistent_under_load_and_counters_never_go_back() {
     assert!(s.is_consistent());
     assert_eq!(s.enqueued + s.rejected, 200_000);
     assert_eq!((s.queued_entries, s.in_flight_entries), (0, 0));
-    assert!(s.evicted > 0 && s.failed + s.retries > 0, "the load did not exercise eviction and failure: {s:?}");
+    assert!(
+        s.evicted > 0 && s.failed + s.retries > 0,
+        "the load did not exercise eviction and failure: {s:?}"
+    );
     assert!(snapshots > 10, "only {snapshots} snapshots taken");
 }

@@ -18,7 +18,11 @@ fn first_entry_opens_a_window_and_its_end_dispatches_everything() {
         d.enqueue(&entry(i)).unwrap();
     }
     let calls = rec.wait_calls(1);
-    assert!(calls[0].at - opened >= DELAY, "dispatched {:?} after the first entry", calls[0].at - opened);
+    assert!(
+        calls[0].at - opened >= DELAY,
+        "dispatched {:?} after the first entry",
+        calls[0].at - opened
+    );
     assert_eq!(calls[0].entries, (0..5).map(entry).collect::<Vec<_>>());
     assert_eq!(calls[0].bytes, 5 * entry(0).len());
     assert_eq!(calls[0].attempt, 1);
@@ -37,7 +41,11 @@ fn starts_are_at_least_ms_delay_apart_and_never_empty() {
     }
     d.shutdown(None).unwrap();
     let calls = rec.calls();
-    assert!(calls.len() >= 3, "expected several windows, got {}", calls.len());
+    assert!(
+        calls.len() >= 3,
+        "expected several windows, got {}",
+        calls.len()
+    );
     for pair in calls.windows(2) {
         let gap = pair[1].at - pair[0].at;
         // The final batch comes from shutdown, which does not wait.
@@ -45,20 +53,26 @@ fn starts_are_at_least_ms_delay_apart_and_never_empty() {
             assert!(gap >= DELAY, "two starts {gap:?} apart");
         }
     }
-    assert!(calls.iter().all(|c| !c.entries.is_empty()), "an empty batch was dispatched");
+    assert!(
+        calls.iter().all(|c| !c.entries.is_empty()),
+        "an empty batch was dispatched"
+    );
     assert_eq!(rec.delivered(), (0..i).map(entry).collect::<Vec<_>>());
 }
 
 #[test]
 fn callbacks_run_one_at_a_time_on_the_dispatcher_thread() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let rec = Recorder::new();
     let running = Arc::new(AtomicUsize::new(0));
     let overlap = Arc::new(AtomicUsize::new(0));
     let (r, o, rc) = (running.clone(), overlap.clone(), rec.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
-        .options(Options { max_batch_entries: 3, ..Options::default() })
+        .options(Options {
+            max_batch_entries: 3,
+            ..Options::default()
+        })
         .build(move |batch| {
             if r.fetch_add(1, Ordering::SeqCst) != 0 {
                 o.fetch_add(1, Ordering::SeqCst);
@@ -77,11 +91,18 @@ fn callbacks_run_one_at_a_time_on_the_dispatcher_thread() {
     });
     d.flush(None).unwrap();
     let calls = rec.calls();
-    assert_eq!(overlap.load(Ordering::SeqCst), 0, "two callbacks overlapped");
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "two callbacks overlapped"
+    );
     let me = std::thread::current().id();
     let worker = calls[0].thread;
     assert_ne!(worker, me);
-    assert!(calls.iter().all(|c| c.thread == worker), "callbacks ran on more than one thread");
+    assert!(
+        calls.iter().all(|c| c.thread == worker),
+        "callbacks ran on more than one thread"
+    );
     assert_eq!(rec.delivered().len(), 1200);
 }
 
@@ -89,7 +110,10 @@ fn callbacks_run_one_at_a_time_on_the_dispatcher_thread() {
 fn a_full_batch_goes_without_waiting_for_its_window() {
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_secs(3600))
-        .options(Options { max_batch_entries: 10, ..Options::default() })
+        .options(Options {
+            max_batch_entries: 10,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     for i in 0..25 {
@@ -101,14 +125,20 @@ fn a_full_batch_goes_without_waiting_for_its_window() {
     // The partial batch waits for its (hour-long) window.
     assert_eq!(d.stats().queued_entries, 5);
     d.flush(None).unwrap();
-    assert_eq!(rec.calls()[2].entries, (20..25).map(entry).collect::<Vec<_>>());
+    assert_eq!(
+        rec.calls()[2].entries,
+        (20..25).map(entry).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn a_byte_limit_splits_batches_and_triggers_too() {
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_secs(3600))
-        .options(Options { max_batch_bytes: 100, ..Options::default() })
+        .options(Options {
+            max_batch_bytes: 100,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     for _ in 0..4 {
@@ -126,14 +156,21 @@ fn a_byte_limit_splits_batches_and_triggers_too() {
 fn everything_queued_at_a_window_end_goes_back_to_back() {
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_millis(200))
-        .options(Options { max_batch_entries: 4, ..Options::default() })
+        .options(Options {
+            max_batch_entries: 4,
+            ..Options::default()
+        })
         .build(rec.ok())
         .unwrap();
     for i in 0..3 {
         d.enqueue(&entry(i)).unwrap();
     }
     let calls = rec.wait_calls(1);
-    assert_eq!(calls[0].entries.len(), 3, "a partial batch waits for the window, then goes whole");
+    assert_eq!(
+        calls[0].entries.len(),
+        3,
+        "a partial batch waits for the window, then goes whole"
+    );
     // Now 10 entries: two full batches go at once (size trigger), the last 2 at the window end.
     let sent = Instant::now();
     for i in 3..13 {
@@ -147,10 +184,14 @@ fn everything_queued_at_a_window_end_goes_back_to_back() {
 #[test]
 fn an_idle_dispatcher_does_not_wake_up() {
     let rec = Recorder::new();
-    let d = Dispatcher::builder(Duration::from_millis(5)).build(rec.ok()).unwrap();
+    let d = Dispatcher::builder(Duration::from_millis(5))
+        .build(rec.ok())
+        .unwrap();
     d.enqueue(b"x").unwrap();
     rec.wait_calls(1);
-    wait_until("the worker to go back to sleep", || d.stats().in_flight_entries == 0);
+    wait_until("the worker to go back to sleep", || {
+        d.stats().in_flight_entries == 0
+    });
     // Let it settle into its indefinite sleep, then watch it for a while.
     std::thread::sleep(Duration::from_millis(50));
     let before = d.worker_wakeups();

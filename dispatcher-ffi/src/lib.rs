@@ -285,7 +285,7 @@ fn core_options(options: &bd_options) -> Result<Options, bd_status> {
 impl From<EnqueueError> for bd_status {
     fn from(err: EnqueueError) -> Self {
         match err {
-            EnqueueError::QueueFull => bd_status::QueueFull,
+            EnqueueError::QueueFull | EnqueueError::WouldBlock => bd_status::QueueFull,
             EnqueueError::TooLarge => bd_status::TooLarge,
             EnqueueError::Closed => bd_status::Closed,
             EnqueueError::ThreadSpawn => bd_status::ThreadSpawn,

@@ -58,7 +58,12 @@ impl Recorder {
 
     pub fn record_drop(&self, batch: &Batch<'_>, reason: DropReason) {
         let entries = batch.iter().map(<[u8]>::to_vec).collect();
-        let item = (reason, std::thread::current().id(), batch.attempt(), entries);
+        let item = (
+            reason,
+            std::thread::current().id(),
+            batch.attempt(),
+            entries,
+        );
         self.drops.lock().unwrap().push(item);
         self.changed.notify_all();
     }
@@ -88,7 +93,11 @@ impl Recorder {
 
     pub fn dropped(&self, reason: DropReason) -> Vec<Vec<u8>> {
         let drops = self.drops.lock().unwrap();
-        drops.iter().filter(|d| d.0 == reason).flat_map(|d| d.3.clone()).collect()
+        drops
+            .iter()
+            .filter(|d| d.0 == reason)
+            .flat_map(|d| d.3.clone())
+            .collect()
     }
 
     pub fn wait_calls(&self, n: usize) -> Vec<Call> {
@@ -96,7 +105,11 @@ impl Recorder {
         let mut calls = self.calls.lock().unwrap();
         while calls.len() < n {
             let now = Instant::now();
-            assert!(now < deadline, "timed out waiting for {n} dispatch calls (have {})", calls.len());
+            assert!(
+                now < deadline,
+                "timed out waiting for {n} dispatch calls (have {})",
+                calls.len()
+            );
             calls = self.changed.wait_timeout(calls, deadline - now).unwrap().0;
         }
         calls.clone()
@@ -134,7 +147,11 @@ impl Gate {
         while *waiting == 0 {
             let now = Instant::now();
             assert!(now < deadline, "nothing reached the gate");
-            waiting = self.waiting_cv.wait_timeout(waiting, deadline - now).unwrap().0;
+            waiting = self
+                .waiting_cv
+                .wait_timeout(waiting, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
