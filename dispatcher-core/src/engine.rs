@@ -30,8 +30,10 @@ pub(crate) type DispatchFn = Box<dyn FnMut(&Batch<'_>) -> DispatchResult + Send>
 /// The `on_drop` function, type-erased. Runs on whichever thread drops entries.
 pub(crate) type DropFn = Box<dyn Fn(&Batch<'_>, DropReason) + Send + Sync>;
 
-/// `Engine::generation` while one thread rebuilds the state in a fork child.
-const RESETTING: u64 = u64::MAX;
+/// Set in `Engine::generation` (with the generation being built) while one thread rebuilds
+/// the state in a fork child. Tagged, so that a grandchild forked in the middle of it, which
+/// inherits the mark but not the thread, can take over.
+const RESETTING: u64 = 1 << 63;
 
 /// Everything about one dispatcher. Shared by the handle and the worker thread (`Arc`).
 pub(crate) struct Engine {
@@ -78,6 +80,9 @@ pub(crate) struct Inner {
     space_waiters: AtomicUsize,
     /// The worker thread, once started.
     worker: OnceLock<Thread>,
+    /// The worker holds an `Arc<Engine>`: cleared just before it drops it. Read in a fork
+    /// child, where that thread is gone (see `Engine::after_fork`).
+    pub(crate) worker_holds_arc: AtomicBool,
     join: Mutex<Option<JoinHandle<()>>>,
     /// How often the worker woke up (tests check that an idle worker sleeps).
     pub(crate) wakeups: AtomicU64,
@@ -204,18 +209,31 @@ impl Engine {
             if seen == generation {
                 return;
             }
-            if seen == RESETTING
+            if seen == RESETTING | generation
                 || self
                     .generation
-                    .compare_exchange(seen, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(
+                        seen,
+                        RESETTING | generation,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
                     .is_err()
             {
-                thread::yield_now();
+                thread::yield_now(); // another thread of this process is rebuilding
                 continue;
             }
             // SAFETY: as in `inner`; only read, never locked.
             let old = unsafe { &*self.inner.load(Ordering::Acquire) };
             let closed = old.closed.load(Ordering::SeqCst);
+            if old.worker_holds_arc.load(Ordering::SeqCst) {
+                // The parent's worker held a reference to this engine; that thread does not
+                // exist here, so its reference would keep the engine (and the user's
+                // callbacks, never freed) alive forever. Every caller of `inner()` holds
+                // another reference, so this never reaches zero.
+                // SAFETY: `self` lives in an `Arc` (`Engine::new`), whose count includes it.
+                unsafe { Arc::decrement_strong_count(self as *const Engine) };
+            }
             let fresh = Box::into_raw(Box::new(Inner::new(self, self.shard_mask + 1, closed)));
             self.inner.store(fresh, Ordering::Release);
             self.generation.store(generation, Ordering::Release);
@@ -229,6 +247,7 @@ impl Engine {
             return Ok(());
         }
         let engine = Arc::clone(self);
+        inner.worker_holds_arc.store(true, Ordering::SeqCst);
         let inner_ref = InnerRef(inner);
         let handle = thread::Builder::new()
             .name("bd-dispatcher".into())
@@ -273,12 +292,20 @@ impl Engine {
         charge: usize,
         may_wait: bool,
     ) -> Result<(), EnqueueError> {
-        let inner = self.inner();
-        let result = self.enqueue_in(inner, data, charge, may_wait);
-        if result.is_err() && result != Err(EnqueueError::WouldBlock) {
-            inner.rejected.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let generation = fork::generation();
+            let inner = self.inner();
+            let result = self.enqueue_in(inner, data, charge, may_wait);
+            if fork::generation() != generation {
+                // `on_drop` forked during this call, and this is the child: the entry went
+                // (or not) into the parent's state. Do it again in the child's.
+                continue;
+            }
+            if result.is_err() && result != Err(EnqueueError::WouldBlock) {
+                inner.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            return result;
         }
-        result
     }
 
     #[inline]
@@ -303,6 +330,16 @@ impl Engine {
             Some(reserved) => reserved,
             None => self.make_room(inner, charge, may_wait)?,
         };
+        let opens_window = reserved.prev_entries == 0;
+        if opens_window {
+            // The queue was empty: this entry opens a window (once per window, not per
+            // entry). Stamped before the entry becomes visible, so that the worker can never
+            // dispatch it and empty the queue before the stamp lands; `fetch_max`, so that a
+            // late store can never replace a newer window's stamp.
+            inner
+                .window_opened
+                .fetch_max(self.stamp(Instant::now()), Ordering::AcqRel);
+        }
         {
             let mut shard = lock(&inner.shards[shard_index(self.shard_mask)]);
             // Checked under the shard lock: the worker exits only once the budget is empty,
@@ -316,13 +353,7 @@ impl Engine {
             shard.arena.push(data, charge);
             shard.enqueued += 1;
         }
-        if reserved.prev_entries == 0 {
-            // The queue was empty: this entry opens a window. Once per window, not per entry.
-            inner
-                .window_opened
-                .store(self.stamp(Instant::now()), Ordering::Release);
-            inner.wake_worker();
-        } else if self.crosses_batch_limit(reserved, charge) {
+        if opens_window || self.crosses_batch_limit(reserved, charge) {
             inner.wake_worker();
         }
         Ok(())
@@ -349,6 +380,10 @@ impl Engine {
         match self.options.overflow {
             Overflow::DropNewest => Err(EnqueueError::QueueFull),
             Overflow::DropOldest => loop {
+                // Evicting for an entry that closing will refuse would lose deliverable ones.
+                if inner.closed.load(Ordering::SeqCst) {
+                    return Err(EnqueueError::Closed);
+                }
                 inner.evict(self, charge).deliver(self, DropReason::Evicted);
                 if let Some(reserved) = inner.budget.reserve(charge) {
                     return Ok(reserved);
@@ -453,14 +488,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Waits for a begun shutdown to finish, abandoning nothing at the deadline.
+    /// Waits for the shutdown (begun here if need be) to finish, abandoning nothing at the
+    /// deadline.
     pub(crate) fn wait_shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
         let inner = self.inner();
         if inner.on_worker_thread() {
             return Err(ShutdownError::Reentrant);
         }
         let deadline = deadline_after(timeout);
-        let st = lock(&inner.state);
+        let mut st = lock(&inner.state);
+        inner.close(&mut st);
         if inner.worker.get().is_none() {
             return Ok(()); // never started: nothing was accepted
         }
@@ -575,6 +612,7 @@ impl Inner {
             space_cv: Condvar::new(),
             space_waiters: AtomicUsize::new(0),
             worker: OnceLock::new(),
+            worker_holds_arc: AtomicBool::new(false),
             join: Mutex::new(None),
             wakeups: AtomicU64::new(0),
         }

@@ -247,9 +247,9 @@ impl Dispatcher {
         self.engine.begin_shutdown()
     }
 
-    /// The second half of `shutdown`: waits for the drain, but abandons nothing when the
-    /// deadline passes (`Timeout` then means "not yet"). For callers that wait in slices, to
-    /// stay responsive to signals.
+    /// The second half of `shutdown` (beginning it if need be): waits for the drain, but
+    /// abandons nothing when the deadline passes (`Timeout` then means "not yet"). For
+    /// callers that wait in slices, to stay responsive to signals.
     pub fn wait_shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
         self.engine.wait_shutdown(timeout)
     }

@@ -109,23 +109,28 @@ impl Budget {
 
     /// Reserves room for one entry of `charge` bytes, or returns `None` if a limit is reached.
     #[inline]
+    ///
+    /// Bytes are reserved first, so that the entry count only ever moves for reservations
+    /// that succeed: the producer that takes it from 0 to 1 is the one whose entry really
+    /// opens the window, and a crossing of `max_batch_entries` is never undone.
     pub(crate) fn reserve(&self, charge: usize) -> Option<Reserved> {
-        let prev_entries = add_within(&self.entries, 1, self.max_entries)?;
         let prev_bytes = if self.track_bytes {
-            match add_within(&self.bytes, charge, self.max_bytes) {
-                Some(prev) => prev,
-                None => {
-                    self.entries.fetch_sub(1, Ordering::SeqCst);
-                    return None;
-                }
-            }
+            add_within(&self.bytes, charge, self.max_bytes)?
         } else {
             0
         };
-        Some(Reserved {
-            prev_entries,
-            prev_bytes,
-        })
+        match add_within(&self.entries, 1, self.max_entries) {
+            Some(prev_entries) => Some(Reserved {
+                prev_entries,
+                prev_bytes,
+            }),
+            None => {
+                if self.track_bytes {
+                    self.bytes.fetch_sub(charge, Ordering::SeqCst);
+                }
+                None
+            }
+        }
     }
 
     /// Gives back room; returns the entries still reserved.
@@ -186,11 +191,16 @@ mod tests {
         assert_eq!(
             b.entries(),
             2,
-            "the failed byte reservation gave its entry back"
+            "a failed byte reservation never touches the entry count"
         );
         assert_eq!(b.excess(4), (0, 2));
         assert!(b.reserve(2).is_some());
         assert!(b.reserve(0).is_none(), "4 entries > 3");
+        assert_eq!(
+            b.bytes(),
+            10,
+            "a failed entry reservation gave its bytes back"
+        );
         assert_eq!(b.release(1, 4), 2);
         assert_eq!((b.entries(), b.bytes()), (2, 6));
     }

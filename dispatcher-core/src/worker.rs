@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::DropReason;
 use crate::engine::{Engine, Flight, Inner, InnerRef, State};
 use crate::queue::lock;
+use crate::{DropReason, fork};
 
 /// What the worker does next.
 enum Step {
@@ -32,28 +32,61 @@ enum Step {
 pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
     // SAFETY: `inner` outlives `engine`, which this thread holds until the end.
     let inner = unsafe { &*inner.0 };
-    {
-        let _exit = ExitGuard(inner);
-        let mut worker = Worker {
-            engine: &engine,
-            inner,
-            flight: Flight::default(),
-            last_start: None,
-            emptied_at: 0,
-            round: None,
-            round_took: false,
-            rng: engine.stamp(Instant::now()) ^ (inner as *const Inner as u64) | 1,
-        };
-        while worker.step() {}
+    let holder = Holder {
+        engine: Some(engine),
+        inner,
+    };
+    let exit = ExitGuard(inner);
+    let engine = holder.engine.as_deref().unwrap_or_else(|| unreachable!());
+    let mut worker = Worker {
+        engine,
+        inner,
+        generation: fork::generation(),
+        forked: false,
+        flight: Flight::default(),
+        last_start: None,
+        emptied_at: 0,
+        round: None,
+        round_took: false,
+        rng: engine.stamp(Instant::now()) ^ (inner as *const Inner as u64) | 1,
+    };
+    while worker.step() {}
+    if worker.forked {
+        // This is a fork child's copy of the worker, back from a callback that forked: the
+        // state belongs to the parent and its locks may be held by threads that do not exist
+        // here. Touch nothing (`after_fork` accounts for this thread's reference); the
+        // thread ends, and with it a child that has no other thread.
+        std::mem::forget(exit);
+        std::mem::forget(holder);
+        return;
     }
+    drop(exit);
     // The last reference may be this one (the handle was dropped from a callback or after a
     // shutdown deadline): then the engine, its state and the user's callbacks are freed here.
-    drop(engine);
+    drop(holder);
+}
+
+/// The worker's reference to the engine, released (even on a panic) after telling a future
+/// fork child that it is gone.
+struct Holder<'a> {
+    engine: Option<Arc<Engine>>,
+    inner: &'a Inner,
+}
+
+impl Drop for Holder<'_> {
+    fn drop(&mut self) {
+        self.inner.worker_holds_arc.store(false, Ordering::SeqCst);
+        drop(self.engine.take()); // may free `inner`: nothing touches it after this
+    }
 }
 
 struct Worker<'a> {
     engine: &'a Engine,
     inner: &'a Inner,
+    /// The process generation (fork.rs) this worker belongs to.
+    generation: u64,
+    /// A callback forked and this is the child's copy of the worker: stop at once.
+    forked: bool,
     flight: Flight,
     last_start: Option<Instant>,
     /// Stamp read just before the queue was last emptied: a `window_opened` stamp older than
@@ -79,7 +112,13 @@ impl Worker<'_> {
             }
             Step::Exit => return false,
         }
-        true
+        !self.forked
+    }
+
+    /// Whether the callback that just returned forked this process and this is the child.
+    fn forked_in_callback(&mut self) -> bool {
+        self.forked = fork::generation() != self.generation;
+        self.forked
     }
 
     fn plan(&mut self) -> Step {
@@ -130,8 +169,9 @@ impl Worker<'_> {
             if queued == 0 {
                 return Step::Park(None);
             }
-            if st.closing || st.flush_requested > st.flush_done {
-                // A producer holds a reservation but has not appended yet; it will in a moment.
+            if st.closing || st.flush_requested > st.flush_done || self.size_triggered() {
+                // A producer holds a reservation but has not appended yet; it will in a
+                // moment (and its crossing of a batch limit has already been spent).
                 return Step::Park(Some(now + Duration::from_millis(1)));
             }
             // Before the producer that opened the window stamps it, there is no deadline yet;
@@ -220,6 +260,9 @@ impl Worker<'_> {
         let attempt = self.flight.attempt;
         self.last_start = Some(Instant::now());
         let ok = self.engine.call_dispatch(&self.flight.batch());
+        if self.forked_in_callback() {
+            return;
+        }
         let mut st = lock(&self.inner.state);
         st.batches += 1;
         if attempt > 1 {
@@ -240,6 +283,9 @@ impl Worker<'_> {
     fn fail(&mut self) {
         self.engine
             .call_on_drop(&self.flight.batch(), DropReason::Failed);
+        if self.forked_in_callback() {
+            return;
+        }
         let mut st = lock(&self.inner.state);
         st.failed += self.flight.count as u64;
         self.finish(&mut st);

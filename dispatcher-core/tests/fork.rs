@@ -124,3 +124,98 @@ fn child(d: &Dispatcher, rec: &Recorder) -> i32 {
     }
     0
 }
+
+/// Set by the drop of the dispatch closure below (in whichever process drops it).
+static CALLBACKS_FREED: AtomicBool = AtomicBool::new(false);
+
+struct FreedFlag;
+impl Drop for FreedFlag {
+    fn drop(&mut self) {
+        CALLBACKS_FREED.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_fork_child_frees_its_copy_and_a_fork_inside_the_callback_stays_in_the_parent() {
+    // Part 1: the child's copy of the worker's reference must not keep the engine alive.
+    let flag = FreedFlag;
+    let d = Dispatcher::builder(Duration::from_secs(3600))
+        .build(move |_| {
+            let _keep = &flag;
+            Ok(())
+        })
+        .unwrap();
+    d.enqueue(b"parent").unwrap();
+    // SAFETY: the child runs the block below and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(d);
+        let code = if CALLBACKS_FREED.load(Ordering::SeqCst) {
+            0
+        } else {
+            7
+        };
+        // SAFETY: leaving the child.
+        unsafe { libc::_exit(code) };
+    }
+    let status = wait_child(pid);
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child never freed its dispatcher's callbacks"
+    );
+    assert!(!CALLBACKS_FREED.load(Ordering::SeqCst));
+    drop(d);
+    assert!(CALLBACKS_FREED.load(Ordering::SeqCst));
+
+    // Part 2: a callback that forks. The child's copy of the worker returns from the callback
+    // and must stop there, not go on delivering the parent's queue.
+    let mut fds = [0; 2];
+    // SAFETY: a pipe for the child to report dispatches it should not make.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let parent = std::process::id();
+    let rec = Recorder::new();
+    let r = rec.clone();
+    let forked = std::sync::Arc::new(AtomicBool::new(false));
+    let f = forked.clone();
+    let d = Dispatcher::builder(Duration::from_millis(1))
+        .options(Options {
+            max_batch_entries: 1,
+            ..Options::default()
+        })
+        .build(move |batch| {
+            if std::process::id() != parent {
+                // SAFETY: writing one byte to our pipe.
+                unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+                return Ok(());
+            }
+            r.record(batch);
+            if !f.swap(true, Ordering::SeqCst) {
+                // SAFETY: the child returns from this callback into the library, which must stop.
+                let child = unsafe { libc::fork() };
+                assert!(child >= 0);
+                if child > 0 {
+                    let status = wait_child(child);
+                    assert!(libc::WIFEXITED(status), "the child crashed: {status}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    for i in 0..20u8 {
+        d.enqueue(&[i]).unwrap();
+    }
+    d.shutdown(None).unwrap();
+    assert_eq!(rec.delivered().len(), 20, "the parent delivers everything");
+    let mut buf = [0u8; 16];
+    // SAFETY: closing our write end, then reading what the child wrote (nothing, we hope).
+    let n = unsafe {
+        libc::close(fds[1]);
+        libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len())
+    };
+    assert_eq!(
+        n, 0,
+        "the child's copy of the worker went on dispatching the parent's entries"
+    );
+}

@@ -346,3 +346,13 @@ fn detach_returns_at_once_and_the_worker_delivers_everything() {
         rec.delivered().len() == 2
     });
 }
+
+#[test]
+fn wait_shutdown_alone_closes_and_drains() {
+    let rec = Recorder::new();
+    let d = Dispatcher::builder(HOUR).build(rec.ok()).unwrap();
+    d.enqueue(&entry(1)).unwrap();
+    d.wait_shutdown(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(rec.delivered(), vec![entry(1)]);
+    assert_eq!(d.enqueue(b"late"), Err(EnqueueError::Closed));
+}

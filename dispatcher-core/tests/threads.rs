@@ -137,3 +137,38 @@ fn every_stats_snapshot_is_consistent_under_load_and_counters_never_go_back() {
     );
     assert!(snapshots > 10, "only {snapshots} snapshots taken");
 }
+
+#[test]
+fn racing_producers_at_a_byte_bound_never_strand_an_entry() {
+    // Several producers race for room that only some of them get. The ones that lose must
+    // not leave the winners' entries queued with the worker asleep (every round must be
+    // delivered by its window, long before the generous deadline).
+    let rec = Recorder::new();
+    let d = Dispatcher::builder(Duration::from_millis(1))
+        .options(Options {
+            max_queue_bytes: 100,
+            ..Options::default()
+        })
+        .build(rec.ok())
+        .unwrap();
+    let barrier = std::sync::Barrier::new(4);
+    let mut accepted = 0u64;
+    for _round in 0..500 {
+        let results: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (d, barrier) = (&d, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        d.enqueue(&[1; 60]).is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        accepted += results.iter().filter(|&&ok| ok).count() as u64;
+        common::wait_until("the round to be dispatched without a flush", || {
+            d.stats().dispatched == accepted
+        });
+    }
+}
