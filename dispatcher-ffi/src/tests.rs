@@ -27,29 +27,21 @@ fn header_version_matches_the_crate() {
     assert_eq!(version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
+fn status_text(status: u32) -> String {
+    // SAFETY: `bd_status_str` returns a static NUL-terminated string for any value.
+    let text = unsafe { CStr::from_ptr(bd_status_str(status)) };
+    text.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn every_status_has_a_distinct_static_text() {
-    let texts: Vec<String> = (0..=9)
-        // SAFETY: static NUL-terminated strings.
-        .map(|s| {
-            unsafe { CStr::from_ptr(bd_status_str(s)) }
-                .to_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let texts: Vec<String> = (0..=9).map(status_text).collect();
     let mut unique = texts.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), texts.len());
     for unknown in [10, 1000, u32::MAX] {
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { CStr::from_ptr(bd_status_str(unknown)) }
-                .to_str()
-                .unwrap(),
-            "unknown status"
-        );
+        assert_eq!(status_text(unknown), "unknown status");
     }
     assert_eq!(bd_status::Panic as u32, 9, "statuses are append-only");
 }

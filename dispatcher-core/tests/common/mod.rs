@@ -31,11 +31,14 @@ pub struct Call {
     pub entries: Vec<Vec<u8>>,
 }
 
+/// One `on_drop` call: the reason, the thread, `batch.attempt()`, the entries.
+pub type Drop = (DropReason, ThreadId, u32, Vec<Vec<u8>>);
+
 /// Records every dispatch and drop; optionally fails or blocks.
 #[derive(Default)]
 pub struct Recorder {
     pub calls: Mutex<Vec<Call>>,
-    pub drops: Mutex<Vec<(DropReason, ThreadId, u32, Vec<Vec<u8>>)>>,
+    pub drops: Mutex<Vec<Drop>>,
     pub changed: Condvar,
 }
 
