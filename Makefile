@@ -11,6 +11,7 @@ CBINDGEN_VERSION := 0.29.4
 CMAKE := $(BIN)/cmake
 CTEST := $(BIN)/ctest
 CBINDGEN := $(BIN)/cbindgen
+PY := $(BIN)/python
 LIB_DIR := $(abspath target/release)
 HEADER := include/background_dispatcher.h
 C_BUILD := build/c
@@ -53,12 +54,16 @@ demo: build ## Run the C demo: threads logging requests into one dispatcher
 		-L$(LIB_DIR) -lbackground_dispatcher -Wl,-rpath,$(LIB_DIR) -lpthread
 	./build/request_log
 
+.PHONY: python
+python: $(VENV)/.installed ## Build and install the Python package into .venv
+	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
+
 .PHONY: test
-test: check-header test-rust test-c ## Run every test (what CI runs)
+test: check-header test-rust test-c test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
-	cargo test --workspace --quiet
+	cargo test --quiet
 
 .PHONY: test-c
 test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind
@@ -66,10 +71,17 @@ test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanit
 	$(CMAKE) --build $(C_BUILD) -j $(JOBS) > /dev/null
 	$(CTEST) --test-dir $(C_BUILD) --output-on-failure -j $(JOBS)
 
+.PHONY: test-python
+test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and mypy --strict
+	cd tests/python && $(PY) -m pytest -q
+	$(PY) -m mypy.stubtest background_dispatcher
+	$(PY) -m mypy --strict bindings/python/python/background_dispatcher
+
 .PHONY: lint
 lint: ## rustfmt and clippy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	$(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python
 
 .PHONY: clean
 clean: ## Remove build output (keeps .venv)

@@ -1,0 +1,106 @@
+"""The Python side of a dispatcher's callbacks, called by its worker thread with the GIL held.
+
+Kept in Python because none of it is on the hot path (it runs once per batch) and all of it is
+about Python: awaiting coroutines on the right event loop, reporting exceptions, logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+__all__ = ["Runner"]
+
+log = logging.getLogger("background_dispatcher")
+
+# How often a worker waiting for a batch on the app's event loop checks that the loop still runs.
+_LOOP_CHECK_SECONDS = 0.25
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class Runner:
+    """Calls the dispatch function and the error/drop hooks of one dispatcher."""
+
+    __slots__ = ("fn", "on_error", "on_drop", "app_loop", "_private_loop", "_lock")
+
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], Any],
+        on_error: Optional[Callable[[BaseException, list[Any]], Any]],
+        on_drop: Optional[Callable[[list[Any], str], Any]],
+    ) -> None:
+        self.fn = fn
+        self.on_error = on_error
+        self.on_drop = on_drop
+        try:
+            # Created inside a running loop: async batches run there, next to the app's
+            # client sessions.
+            self.app_loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            self.app_loop = None
+        self._private_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._lock = threading.Lock()
+
+    def dispatch(self, entries: list[Any]) -> bool:
+        """Delivers one batch; False if the dispatch function raised (already reported)."""
+        try:
+            result = self.fn(entries)
+            if inspect.isawaitable(result):
+                self._run(result)
+            return True
+        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
+            self._report(exc, entries)
+            return False
+
+    def drop(self, entries: list[Any], reason: str) -> None:
+        if self.on_drop is None:
+            return
+        try:
+            self.on_drop(entries, reason)
+        except BaseException:  # noqa: BLE001
+            log.exception("on_drop raised (%d entries dropped, reason %r)", len(entries), reason)
+
+    def loop_is_running(self) -> bool:
+        return self.app_loop is not None and self.app_loop.is_running()
+
+    def close(self) -> None:
+        """Closes the private loop, once the dispatcher has stopped using it."""
+        with self._lock:
+            loop, self._private_loop = self._private_loop, None
+        if loop is not None and not loop.is_running():
+            loop.close()
+
+    def _run(self, awaitable: Any) -> None:
+        app_loop = self.app_loop
+        if app_loop is not None and app_loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(_await(awaitable), app_loop)
+            while True:
+                try:
+                    future.result(timeout=_LOOP_CHECK_SECONDS)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if app_loop.is_closed() or not app_loop.is_running():
+                        future.cancel()
+                        raise RuntimeError("the event loop running this dispatcher's batches stopped") from None
+        # No app loop, or it has stopped: run on the dispatcher's own loop, on this thread.
+        with self._lock:
+            if self._private_loop is None or self._private_loop.is_closed():
+                self._private_loop = asyncio.new_event_loop()
+            loop = self._private_loop
+        loop.run_until_complete(_await(awaitable))
+
+    def _report(self, exc: BaseException, entries: list[Any]) -> None:
+        if self.on_error is None:
+            log.error("dispatch function raised; %d entries not delivered", len(entries), exc_info=exc)
+            return
+        try:
+            self.on_error(exc, entries)
+        except BaseException:  # noqa: BLE001
+            log.exception("on_error raised while handling %r", exc)
