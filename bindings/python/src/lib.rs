@@ -42,8 +42,14 @@ create_exception!(
 /// Set at interpreter exit (after every dispatcher was closed): from then on no worker
 /// attaches to Python, which may be finalizing.
 static EXITING: AtomicBool = AtomicBool::new(false);
-/// Worker callbacks attached to Python (or about to): exit waits for them to leave.
+/// Worker callbacks attached to Python (or about to): exit waits for them to leave. Reset in
+/// a fork child, which has none of its parent's workers (`reset_after_fork`).
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// `pthread_atfork` child handler: only atomics, as a fork child requires.
+extern "C" fn reset_after_fork() {
+    ACTIVE.store(0, Ordering::SeqCst);
+}
 
 /// How long a waiting call stays detached before it checks for signals (Ctrl-C).
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
@@ -672,6 +678,9 @@ fn _begin_exit(py: Python<'_>, timeout: f64) -> bool {
 
 #[pymodule]
 fn _background_dispatcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // SAFETY: registers a handler that only stores to an atomic. At the C level, so that it
+    // also runs for forks that skip Python's `os.register_at_fork` hooks.
+    unsafe { libc::pthread_atfork(None, None, Some(reset_after_fork)) };
     m.add_class::<PyDispatcher>()?;
     m.add_class::<PyStats>()?;
     m.add("ReentrantError", m.py().get_type::<ReentrantError>())?;
