@@ -152,6 +152,11 @@ impl Arena {
         self.entries
     }
 
+    /// Bytes in the buffer, consumed records included: what it had to hold.
+    pub(crate) fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -165,9 +170,17 @@ impl Arena {
     pub(crate) fn push(&mut self, data: &[u8], charge: usize) {
         debug_assert!(data.len() <= MAX_ENTRY_LEN && charge <= MAX_ENTRY_LEN);
         let header = (data.len() as u64) | ((charge as u64) << 32);
+        let len = self.buf.len();
         self.buf.reserve(RECORD_HEADER + data.len());
-        self.buf.extend_from_slice(&header.to_le_bytes());
-        self.buf.extend_from_slice(data);
+        // SAFETY: `reserve` made room for the header and the data after `len`; both are
+        // written before `set_len` makes them part of the vector.
+        unsafe {
+            let end = self.buf.as_mut_ptr().add(len);
+            end.cast::<[u8; RECORD_HEADER]>()
+                .write_unaligned(header.to_le_bytes());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), end.add(RECORD_HEADER), data.len());
+            self.buf.set_len(len + RECORD_HEADER + data.len());
+        }
         self.entries += 1;
         self.bytes += charge;
     }
@@ -204,13 +217,13 @@ impl Arena {
         Some(charge)
     }
 
-    /// How many records from the front fit in `max_entries` and `max_bytes` (0 = no limit):
-    /// `(entries, bytes, end offset)`.
+    /// How many records from the front fit in `max_entries` and `max_bytes` (`usize::MAX`
+    /// for no limit): `(entries, bytes, end offset)`.
     pub(crate) fn prefix(&self, max_entries: usize, max_bytes: usize) -> (usize, usize, usize) {
         let (mut entries, mut bytes, mut pos) = (0, 0, self.head);
-        while entries < self.entries && (max_entries == 0 || entries < max_entries) {
+        while entries < self.entries && entries < max_entries {
             let (range, charge) = self.record_at(pos);
-            if max_bytes != 0 && bytes + charge > max_bytes {
+            if bytes + charge > max_bytes {
                 break;
             }
             entries += 1;
@@ -279,9 +292,10 @@ mod tests {
         assert_eq!(collect(&sink), vec![Vec::<u8>::new()]);
 
         // Limits: 3 entries, or 2+3+4 = 9 bytes.
-        let cut = a.prefix(3, 0);
+        let cut = a.prefix(3, usize::MAX);
         assert_eq!((cut.0, cut.1), (3, 9));
-        let cut = a.prefix(0, 8);
+        assert_eq!(a.prefix(usize::MAX, 0).0, 0, "a byte limit of 0 is a limit");
+        let cut = a.prefix(usize::MAX, 8);
         assert_eq!((cut.0, cut.1), (2, 5));
         let mut front = Arena::default();
         a.split_front(cut, &mut front);

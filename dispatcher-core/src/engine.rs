@@ -4,7 +4,8 @@
 //! Locks and what they guard (always taken in this order, never held during a callback):
 //! 1. `Inner::state`: the backlog (shards already collected by the worker), the in-flight
 //!    count, the outcome counters and the flush/shutdown requests;
-//! 2. one shard at a time, in index order: the entries appended since the last collection;
+//! 2. one shard at a time, in index order: the entries appended since the last collection,
+//!    and the shard's lease of credit against the queue limits (queue.rs);
 //! 3. `Inner::space`: only to sleep and wake [`Overflow::Block`] producers.
 //!
 //! Every move of an entry between counters happens under the locks of both sides, so a stats
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN};
 use crate::error::{BuildError, EnqueueError, FlushError, ShutdownError};
 use crate::options::{Options, Overflow};
-use crate::queue::{Budget, CachePadded, Reserved, Shard, lock, shard_count, shard_index};
+use crate::queue::{Approx, CachePadded, Pool, ShardCell, lock, shard_count, shard_index};
 use crate::{DispatchResult, DropReason, Stats, fork, worker};
 
 /// The dispatch function, type-erased.
@@ -64,12 +65,17 @@ unsafe impl Sync for Engine {}
 
 /// The state of one dispatcher in one process.
 pub(crate) struct Inner {
-    pub(crate) shards: Box<[CachePadded<Mutex<Shard>>]>,
-    pub(crate) budget: Budget,
+    pub(crate) shards: Box<[CachePadded<ShardCell>]>,
+    /// Credit against the queue limits that no shard holds.
+    pub(crate) pool: Pool,
+    /// Roughly how much is queued, for the size trigger (only with batch limits).
+    pub(crate) approx: Approx,
+    /// Set by the worker when it sleeps with nothing queued; the producer that appends the
+    /// first entry clears it and wakes the worker. Read by producers only on a shard's first
+    /// entry, so it is almost never written: no shared write per entry.
+    pub(crate) idle: CachePadded<AtomicBool>,
     /// Set once by `shutdown` (or drop); later enqueues get `Closed`.
     pub(crate) closed: AtomicBool,
-    /// When the entry that opened the current window arrived (ns since `epoch`, plus 1).
-    pub(crate) window_opened: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) state: Mutex<State>,
     /// Signalled when a round ends (flush), when the worker exits (shutdown).
@@ -96,8 +102,12 @@ pub(crate) struct State {
     pub(crate) backlog_bytes: usize,
     /// Entries of the batch being dispatched or waiting for its retry.
     pub(crate) in_flight: usize,
+    /// When the oldest backlog entry arrived (an `Inner` timestamp), if there is one.
+    pub(crate) backlog_opened: u64,
     /// Emptied buffers, capacity kept, for the shards to fill next.
-    pub(crate) pool: Vec<Vec<u8>>,
+    pub(crate) spare_buffers: Vec<Vec<u8>>,
+    /// The largest buffer recent batches needed, decaying (see `Flight::clear`).
+    pub(crate) buffer_peak: usize,
     pub(crate) dispatched: u64,
     pub(crate) failed: u64,
     pub(crate) evicted: u64,
@@ -108,6 +118,8 @@ pub(crate) struct State {
     pub(crate) flush_requested: u64,
     pub(crate) flush_done: u64,
     pub(crate) closing: bool,
+    /// The worker collected every shard after `closing` was set: nothing more can arrive.
+    pub(crate) drained_after_close: bool,
     /// A shutdown deadline passed: no more retries, and dropping the handle does not wait.
     pub(crate) timed_out: bool,
     /// `Dispatcher::detach` was called: dropping the handle does not wait.
@@ -191,12 +203,18 @@ impl Engine {
     /// This process's state, rebuilt first if this is a fork child that has not noticed yet.
     #[inline]
     pub(crate) fn inner(&self) -> &Inner {
+        self.inner_at().0
+    }
+
+    /// `inner()`, and the process generation it belongs to.
+    #[inline]
+    fn inner_at(&self) -> (&Inner, u64) {
         let generation = fork::generation();
         if self.generation.load(Ordering::Acquire) != generation {
             self.after_fork(generation);
         }
         // SAFETY: see the `inner` field: never freed while `self` lives.
-        unsafe { &*self.inner.load(Ordering::Acquire) }
+        (unsafe { &*self.inner.load(Ordering::Acquire) }, generation)
     }
 
     /// Gives a fork child an empty dispatcher of its own. The inherited state is leaked: its
@@ -292,129 +310,143 @@ impl Engine {
         charge: usize,
         may_wait: bool,
     ) -> Result<(), EnqueueError> {
+        let mut wait = None;
         loop {
-            let generation = fork::generation();
-            let inner = self.inner();
-            let result = self.enqueue_in(inner, data, charge, may_wait);
-            if fork::generation() != generation {
-                // `on_drop` forked during this call, and this is the child: the entry went
-                // (or not) into the parent's state. Do it again in the child's.
-                continue;
+            let (inner, generation) = self.inner_at();
+            match self.enqueue_in(inner, generation, data, charge, may_wait, &mut wait) {
+                Ok(()) => return Ok(()),
+                Err(Stop::Refused(EnqueueError::WouldBlock)) => {
+                    return Err(EnqueueError::WouldBlock);
+                }
+                Err(Stop::Refused(err)) => {
+                    inner.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(err);
+                }
+                // `on_drop` forked while room was made, and this is the child: the child's
+                // own state is empty, try there.
+                Err(Stop::Forked) => continue,
             }
-            if result.is_err() && result != Err(EnqueueError::WouldBlock) {
-                inner.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            return result;
         }
     }
 
+    /// The hot path: one shard lock, no shared write in steady state (queue.rs says why).
     #[inline]
     fn enqueue_in(
         self: &Arc<Self>,
         inner: &Inner,
+        generation: u64,
         data: &[u8],
         charge: usize,
         may_wait: bool,
-    ) -> Result<(), EnqueueError> {
-        if inner.closed.load(Ordering::Relaxed) {
-            return Err(EnqueueError::Closed);
-        }
+        wait: &mut Option<Option<Instant>>,
+    ) -> Result<(), Stop> {
         if charge > self.max_entry_charge || data.len() > MAX_ENTRY_LEN {
-            return Err(EnqueueError::TooLarge);
+            return Err(EnqueueError::TooLarge.into());
         }
         if inner.worker.get().is_none() {
             self.spawn_worker(inner)
                 .map_err(|_| EnqueueError::ThreadSpawn)?;
         }
-        let reserved = match inner.budget.reserve(charge) {
-            Some(reserved) => reserved,
-            None => self.make_room(inner, charge, may_wait)?,
-        };
-        let opens_window = reserved.prev_entries == 0;
-        if opens_window {
-            // The queue was empty: this entry opens a window (once per window, not per
-            // entry). Stamped before the entry becomes visible, so that the worker can never
-            // dispatch it and empty the queue before the stamp lands; `fetch_max`, so that a
-            // late store can never replace a newer window's stamp.
-            inner
-                .window_opened
-                .fetch_max(self.stamp(Instant::now()), Ordering::AcqRel);
-        }
-        {
-            let mut shard = lock(&inner.shards[shard_index(self.shard_mask)]);
-            // Checked under the shard lock: the worker exits only once the budget is empty,
-            // and this entry holds a reservation, so it is either collected or refused here.
-            if inner.closed.load(Ordering::SeqCst) {
-                drop(shard);
-                inner.budget.release(1, charge);
-                inner.wake_worker();
-                return Err(EnqueueError::Closed);
+        let cell = &inner.shards[shard_index(self.shard_mask)];
+        let mut shard = lock(&cell.shard);
+        loop {
+            // Checked under the shard lock: after `closed` is set, the worker collects every
+            // shard once more, so an entry appended before that is delivered, and any later
+            // one sees the flag (the lock orders the two).
+            if inner.closed.load(Ordering::Relaxed) {
+                return Err(EnqueueError::Closed.into());
             }
-            shard.arena.push(data, charge);
-            shard.enqueued += 1;
+            if inner.pool.covers(&shard.lease, charge)
+                || inner.pool.refill(&mut shard.lease, charge)
+            {
+                break;
+            }
+            drop(shard);
+            self.make_room(inner, charge, may_wait, wait)?;
+            if fork::generation() != generation {
+                return Err(Stop::Forked);
+            }
+            shard = lock(&cell.shard);
         }
-        if opens_window || self.crosses_batch_limit(reserved, charge) {
+        inner.pool.spend(&mut shard.lease, charge);
+        let mut wake = false;
+        if shard.arena.is_empty() {
+            // The shard's first entry since the worker last collected it: it may open a window
+            // (the oldest shard stamp does), and it wakes the worker if the worker sleeps
+            // with nothing queued. Once per window, not per entry.
+            cell.opened_at
+                .store(self.stamp(Instant::now()), Ordering::Release);
+            wake = inner.idle.load(Ordering::Relaxed) && inner.idle.swap(false, Ordering::AcqRel);
+        }
+        shard.arena.push(data, charge);
+        shard.enqueued += 1;
+        if inner.approx.active() {
+            wake |= inner.approx.appended(&mut shard.unreported, charge);
+        }
+        drop(shard);
+        if wake {
             inner.wake_worker();
         }
         Ok(())
     }
 
-    /// Whether this entry made a full batch queued (the size trigger), once per crossing.
-    #[inline]
-    fn crosses_batch_limit(&self, r: Reserved, charge: usize) -> bool {
-        let crosses = |before: usize, add: usize, limit: usize| {
-            limit != 0 && before < limit && before + add >= limit
-        };
-        crosses(r.prev_entries, 1, self.options.max_batch_entries)
-            || crosses(r.prev_bytes, charge, self.options.max_batch_bytes)
-    }
-
-    /// The overflow policy, when the budget refused an entry.
+    /// The queue refused an entry: take back unused credit, then apply the overflow policy.
+    /// `Ok` means "try again".
     #[cold]
     fn make_room(
         &self,
         inner: &Inner,
         charge: usize,
         may_wait: bool,
-    ) -> Result<Reserved, EnqueueError> {
+        wait: &mut Option<Option<Instant>>,
+    ) -> Result<(), EnqueueError> {
+        if inner.steal_leases(charge) {
+            return Ok(());
+        }
         match self.options.overflow {
             Overflow::DropNewest => Err(EnqueueError::QueueFull),
-            Overflow::DropOldest => loop {
+            Overflow::DropOldest => {
                 // Evicting for an entry that closing will refuse would lose deliverable ones.
                 if inner.closed.load(Ordering::SeqCst) {
                     return Err(EnqueueError::Closed);
                 }
-                inner.evict(self, charge).deliver(self, DropReason::Evicted);
-                if let Some(reserved) = inner.budget.reserve(charge) {
-                    return Ok(reserved);
+                let (dropped, evicted) = inner.evict(self, charge);
+                if evicted == 0 {
+                    // What there was to evict is in flight, and the room went to another
+                    // producer: let it run.
+                    thread::yield_now();
                 }
-                if inner.closed.load(Ordering::SeqCst) {
-                    return Err(EnqueueError::Closed);
-                }
-                // Room was taken by another producer, or the entries holding it are still
-                // being appended: try again.
-                thread::yield_now();
-            },
+                dropped.deliver(self, DropReason::Evicted);
+                Ok(())
+            }
             Overflow::Block if !may_wait => Err(EnqueueError::WouldBlock),
-            Overflow::Block => self.wait_for_room(inner, charge),
+            Overflow::Block => {
+                let deadline =
+                    *wait.get_or_insert_with(|| deadline_after(Some(self.options.block_timeout)));
+                self.wait_for_room(inner, charge, deadline)
+            }
         }
     }
 
-    fn wait_for_room(&self, inner: &Inner, charge: usize) -> Result<Reserved, EnqueueError> {
+    fn wait_for_room(
+        &self,
+        inner: &Inner,
+        charge: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), EnqueueError> {
         let me = thread::current().id();
         if inner.on_worker_thread() || self.never_block_on.contains(&me) {
             // The worker frees room; waiting for it from its own thread would wait forever
             // (and on a thread the dispatch depends on, such as an event loop, for long).
             return Err(EnqueueError::QueueFull);
         }
-        let deadline = deadline_after(Some(self.options.block_timeout));
         let mut guard = lock(&inner.space);
         inner.space_waiters.fetch_add(1, Ordering::SeqCst);
         let result = loop {
-            // Retried under `space` after registering as a waiter, so a release that happens
+            // Checked under `space` after registering as a waiter, so that room given back
             // after this check finds the waiter and signals.
-            if let Some(reserved) = inner.budget.reserve(charge) {
-                break Ok(reserved);
+            if inner.pool.deficit(charge) == (0, 0) {
+                break Ok(());
             }
             if inner.closed.load(Ordering::SeqCst) {
                 break Err(EnqueueError::Closed);
@@ -443,10 +475,7 @@ impl Engine {
         }
         let deadline = deadline_after(timeout);
         let mut st = lock(&inner.state);
-        if inner.worker.get().is_none()
-            || st.worker_done
-            || (inner.budget.entries() == 0 && st.in_flight == 0)
-        {
+        if inner.worker.get().is_none() || st.worker_done || inner.is_empty(&st) {
             return Ok(()); // nothing accepted is still queued or in flight
         }
         st.flush_requested += 1;
@@ -523,7 +552,7 @@ impl Engine {
             ..Stats::default()
         };
         // Holding every lock at once makes this one consistent snapshot.
-        let shards: Vec<_> = inner.shards.iter().map(|s| lock(s)).collect();
+        let shards: Vec<_> = inner.shards.iter().map(|c| lock(&c.shard)).collect();
         for shard in &shards {
             stats.enqueued += shard.enqueued;
             stats.queued_entries += shard.arena.entries() as u64;
@@ -579,21 +608,23 @@ impl Drop for Engine {
 impl Inner {
     fn new(engine: &Engine, shards: usize, closed: bool) -> Self {
         let o = &engine.options;
-        let track_bytes = o.max_queue_bytes != 0 || o.max_batch_bytes != 0;
         Inner {
             shards: (0..shards)
-                .map(|_| CachePadded(Mutex::new(Shard::default())))
+                .map(|_| CachePadded(ShardCell::default()))
                 .collect(),
-            budget: Budget::new(o.max_queue_entries, o.max_queue_bytes, track_bytes),
+            pool: Pool::new(o.max_queue_entries, o.max_queue_bytes, shards),
+            approx: Approx::new(o.max_batch_entries, o.max_batch_bytes, shards),
+            idle: CachePadded(AtomicBool::new(false)),
             closed: AtomicBool::new(closed),
-            window_opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             state: Mutex::new(State {
                 backlog: VecDeque::new(),
                 backlog_entries: 0,
                 backlog_bytes: 0,
                 in_flight: 0,
-                pool: Vec::new(),
+                backlog_opened: 0,
+                spare_buffers: Vec::new(),
+                buffer_peak: 0,
                 dispatched: 0,
                 failed: 0,
                 evicted: 0,
@@ -603,6 +634,7 @@ impl Inner {
                 flush_requested: 0,
                 flush_done: 0,
                 closing: closed,
+                drained_after_close: false,
                 timed_out: false,
                 detached: false,
                 worker_done: false,
@@ -649,27 +681,77 @@ impl Inner {
         self.room_freed();
     }
 
-    /// Moves every shard's entries to the back of the backlog, swapping in pooled buffers.
+    /// Whether nothing is queued or in flight (so nothing accepted awaits dispatch).
+    pub(crate) fn is_empty(&self, st: &State) -> bool {
+        st.backlog_entries == 0
+            && st.in_flight == 0
+            && self
+                .shards
+                .iter()
+                .all(|c| c.opened_at.load(Ordering::Acquire) == 0)
+    }
+
+    /// When the oldest queued entry arrived, if anything is queued (an `Inner` timestamp).
+    pub(crate) fn window_opened(&self, st: &State) -> Option<u64> {
+        let shards = self
+            .shards
+            .iter()
+            .map(|c| c.opened_at.load(Ordering::Acquire));
+        let backlog = (st.backlog_entries > 0).then_some(st.backlog_opened);
+        shards.chain(backlog).filter(|&t| t != 0).min()
+    }
+
+    /// Moves every shard's entries to the back of the backlog, swapping in spare buffers.
     pub(crate) fn collect_shards(&self, st: &mut State) {
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+        for cell in self.shards.iter() {
+            let mut shard = lock(&cell.shard);
             if shard.arena.is_empty() {
                 continue;
             }
-            let fresh = Arena::with_buffer(st.pool.pop().unwrap_or_default());
+            let fresh = Arena::with_buffer(st.spare_buffers.pop().unwrap_or_default());
             let full = std::mem::replace(&mut shard.arena, fresh);
+            let unreported = std::mem::take(&mut shard.unreported);
+            let opened = cell.opened_at.swap(0, Ordering::AcqRel);
             drop(shard);
+            self.approx.add(unreported);
+            if st.backlog_entries == 0 || opened < st.backlog_opened {
+                st.backlog_opened = opened;
+            }
             st.backlog_entries += full.entries();
             st.backlog_bytes += full.bytes();
             st.backlog.push_back(full);
         }
     }
 
+    /// Takes every shard's unused lease back into the pool; whether the pool now has room for
+    /// one entry of `charge` bytes. Before refusing anything, so that "full" is exact.
+    fn steal_leases(&self, charge: usize) -> bool {
+        for cell in self.shards.iter() {
+            let lease = std::mem::take(&mut lock(&cell.shard).lease);
+            self.pool.give_back(lease.entries, lease.bytes);
+        }
+        self.pool.deficit(charge) == (0, 0)
+    }
+
+    /// Sleeps-to-be: marks the worker idle if nothing is queued (checked under every shard
+    /// lock after setting the flag, so that a producer either is seen here or sees the flag).
+    /// Called with the state lock held and the backlog empty.
+    pub(crate) fn go_idle(&self) -> bool {
+        self.idle.store(true, Ordering::SeqCst);
+        for cell in self.shards.iter() {
+            if !lock(&cell.shard).arena.is_empty() {
+                self.idle.store(false, Ordering::SeqCst);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Evicts the oldest queued entries until one more entry of `charge` bytes fits: the
     /// backlog first (collected earliest), then the caller's own shard, then the others.
-    fn evict(&self, engine: &Engine, charge: usize) -> Dropped {
+    fn evict(&self, engine: &Engine, charge: usize) -> (Dropped, usize) {
         let mut st = lock(&self.state);
-        let (over_entries, over_bytes) = self.budget.excess(charge);
+        let (over_entries, over_bytes) = self.pool.deficit(charge);
         let mut eviction = Eviction {
             over_entries,
             over_bytes,
@@ -682,41 +764,81 @@ impl Inner {
             let emptied = front.is_empty();
             st.backlog_entries -= entries;
             st.backlog_bytes -= bytes;
+            self.approx.remove(entries, bytes);
             if !emptied {
                 break;
             }
             let empty = st.backlog.pop_front().unwrap_or_default();
-            st.pool.push(empty.into_buffer());
+            st.spare_buffers.push(empty.into_buffer());
         }
         let own = shard_index(engine.shard_mask);
         let order = std::iter::once(own).chain((0..self.shards.len()).filter(|&i| i != own));
         for i in order {
-            eviction.pop_from(&mut lock(&self.shards[i]).arena);
+            let cell = &self.shards[i];
+            let mut shard = lock(&cell.shard);
+            let before = (shard.arena.entries(), shard.arena.bytes());
+            let (entries, bytes) = eviction.pop_from(&mut shard.arena);
+            if entries == 0 {
+                continue;
+            }
+            // The oldest entries go first, so they come out of the part already reported.
+            let unreported = shard.unreported;
+            let reported = (before.0 - unreported.0, before.1 - unreported.1);
+            let (from_reported, from_reported_bytes) =
+                (entries.min(reported.0), bytes.min(reported.1));
+            shard.unreported = (
+                unreported.0 - (entries - from_reported),
+                unreported.1 - (bytes - from_reported_bytes),
+            );
+            self.approx.remove(from_reported, from_reported_bytes);
+            if shard.arena.is_empty() {
+                cell.opened_at.store(0, Ordering::Release);
+            }
         }
         st.evicted += eviction.entries as u64;
-        self.budget.release(eviction.entries, eviction.bytes);
+        self.pool.give_back(eviction.entries, eviction.bytes);
         drop(st);
         let mut dropped = Dropped::new();
         dropped.add(eviction.sink.unwrap_or_default());
-        dropped
+        (dropped, eviction.entries)
     }
 
     /// Removes everything queued (not the batch in flight) at a shutdown deadline.
     fn abandon(&self, st: &mut State) -> Dropped {
         let mut dropped = Dropped::new();
+        self.approx.remove(st.backlog_entries, st.backlog_bytes);
         for arena in st.backlog.drain(..) {
             dropped.add(arena);
         }
-        for shard in self.shards.iter() {
-            let arena = std::mem::take(&mut lock(shard).arena);
+        for cell in self.shards.iter() {
+            let mut shard = lock(&cell.shard);
+            let arena = std::mem::take(&mut shard.arena);
+            let unreported = std::mem::take(&mut shard.unreported);
+            cell.opened_at.store(0, Ordering::Release);
+            drop(shard);
+            self.approx
+                .remove(arena.entries() - unreported.0, arena.bytes() - unreported.1);
             dropped.add(arena);
         }
         st.backlog_entries = 0;
         st.backlog_bytes = 0;
         st.abandoned += dropped.entries as u64;
-        self.budget.release(dropped.entries, dropped.bytes);
+        self.pool.give_back(dropped.entries, dropped.bytes);
         self.room_freed();
         dropped
+    }
+}
+
+/// Why `Engine::enqueue_in` stopped short of appending.
+enum Stop {
+    Refused(EnqueueError),
+    /// A callback forked while room was made; this is the child.
+    Forked,
+}
+
+impl From<EnqueueError> for Stop {
+    fn from(err: EnqueueError) -> Self {
+        Stop::Refused(err)
     }
 }
 
@@ -808,19 +930,27 @@ impl Flight {
         Batch::new(&self.entries, self.bytes, self.attempt)
     }
 
-    /// Ends the batch and returns its buffers to the pool (trimmed after a burst).
-    pub(crate) fn clear(&mut self, pool: &mut Vec<Vec<u8>>, pool_cap: usize) {
+    /// Ends the batch and returns its buffers to the spares.
+    ///
+    /// Capacity is kept, because a buffer freed and allocated again costs a page fault per
+    /// 4 KiB on first touch (about 0.4 ns per byte, more than the enqueue itself). Only a
+    /// buffer far larger than what recent windows needed (`peak`, which decays by an eighth
+    /// per batch) is dropped, so memory is returned some twenty windows after a burst.
+    pub(crate) fn clear(&mut self, spares: &mut Vec<Vec<u8>>, max_spares: usize, peak: &mut usize) {
         const RETAIN: usize = 64 << 10;
         self.entries.clear();
+        let used = self
+            .segments
+            .iter()
+            .map(|s| s.buffer_len())
+            .max()
+            .unwrap_or(0);
+        *peak = used.max(*peak - *peak / 8);
         for segment in self.segments.drain(..) {
-            let mut buf = segment.into_buffer();
-            if pool.len() >= pool_cap {
-                continue;
+            let buf = segment.into_buffer();
+            if spares.len() < max_spares && buf.capacity() <= 4 * (*peak).max(RETAIN) {
+                spares.push(buf);
             }
-            if buf.capacity() > 4 * buf.len().max(RETAIN) {
-                buf = Vec::new();
-            }
-            pool.push(buf);
         }
         (self.count, self.bytes, self.attempt, self.retry_at) = (0, 0, 0, None);
     }

@@ -1,17 +1,24 @@
-//! Where entries wait: per-thread shards, and the budget that enforces the queue limits.
+//! Where entries wait: per-thread shards, and the shared state producers touch as rarely as
+//! possible.
 //!
 //! Why shards: one lock for every producer makes the lock holder's preemption everyone's tail
 //! latency once producers outnumber cores. Each thread is pinned to one shard (round-robin at
 //! its first enqueue), so its entries stay in its enqueue order, and producers rarely share a
 //! lock. The worker swaps whole shard buffers out, so its critical section is O(1).
 //!
-//! Why a separate budget: the limits are global, but summing the shards on every enqueue would
-//! touch every shard's cache line. The budget holds the total as two atomics that producers
-//! reserve from before they append, and the worker releases when entries leave the queue.
+//! Why nothing else is shared per entry: a write to a cache line that other cores also write
+//! costs more than the whole enqueue. So an enqueue touches only its shard:
+//! - the queue limits are *credit*: a [`Pool`] holds what no shard has leased, and a shard
+//!   spends its [`Lease`] under its own lock, going back to the pool once per lease (a few
+//!   percent of the limit), not once per entry;
+//! - the window is stamped per shard, when an empty shard gets its first entry, and the worker
+//!   is woken only if it sleeps with nothing queued (`Inner::idle`);
+//! - with batch limits, a shard reports its count to an [`Approx`] total in chunks, so that a
+//!   full batch is noticed without a shared write per entry.
 
 use std::cell::Cell;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::batch::Arena;
@@ -34,12 +41,25 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One shard: the records appended by the threads pinned to it.
+/// One shard: its lock, and the stamp the worker reads without it.
+#[derive(Default)]
+pub(crate) struct ShardCell {
+    pub(crate) shard: Mutex<Shard>,
+    /// When this shard's oldest entry arrived (ns since the engine's epoch, plus 1), or 0 if
+    /// it is empty. Written under the lock; read by the worker without it, to find the window.
+    pub(crate) opened_at: AtomicU64,
+}
+
+/// The records appended by the threads pinned to one shard.
 #[derive(Default)]
 pub(crate) struct Shard {
     pub(crate) arena: Arena,
     /// Entries ever accepted into this shard (part of `Stats::enqueued`).
     pub(crate) enqueued: u64,
+    /// Credit this shard holds against the queue limits.
+    pub(crate) lease: Lease,
+    /// Entries and bytes appended but not yet reported to `Approx` (batch limits only).
+    pub(crate) unreported: (usize, usize),
 }
 
 /// The number of shards for this machine: a power of two, at least 4 per core, at most 64.
@@ -68,112 +88,210 @@ pub(crate) fn shard_index(mask: usize) -> usize {
     })
 }
 
-/// What a successful reservation saw before it: enough to tell who opened a window and who
-/// crossed a batch limit.
-#[derive(Clone, Copy)]
-pub(crate) struct Reserved {
-    pub(crate) prev_entries: usize,
-    pub(crate) prev_bytes: usize,
+/// Credit a shard holds against the queue limits (meaningless for a limit that is 0).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) entries: usize,
+    pub(crate) bytes: usize,
 }
 
-/// Queued entries and bytes, reserved before an entry is appended and released when it leaves
-/// the queue (taken for dispatch, evicted or abandoned). They are never below the true queue
-/// contents, so the limits are never exceeded; `Stats` counts from the shards, not from here.
-pub(crate) struct Budget {
+/// The queue limits, as credit that shards lease and the worker gives back.
+///
+/// Invariant, for each limited dimension: `pool + unused leases + queued == limit`. So the
+/// queue never exceeds a limit, and it is full exactly when the pool and every lease are spent
+/// (which `Inner::steal_leases` checks before refusing anything).
+pub(crate) struct Pool {
     entries: AtomicUsize,
     bytes: AtomicUsize,
     max_entries: usize,
     max_bytes: usize,
-    /// Bytes are counted only when a byte limit exists (queue or batch).
-    track_bytes: bool,
+    /// How much a shard leases at a time: a fraction of the limit, so that few trips to the
+    /// pool are needed and little credit sits unused in idle shards.
+    chunk_entries: usize,
+    chunk_bytes: usize,
 }
 
-impl Budget {
-    pub(crate) fn new(max_entries: usize, max_bytes: usize, track_bytes: bool) -> Self {
-        Budget {
-            entries: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
+impl Pool {
+    pub(crate) fn new(max_entries: usize, max_bytes: usize, shards: usize) -> Self {
+        Pool {
+            entries: AtomicUsize::new(max_entries),
+            bytes: AtomicUsize::new(max_bytes),
             max_entries,
             max_bytes,
-            track_bytes,
+            chunk_entries: (max_entries / (4 * shards)).max(1),
+            chunk_bytes: max_bytes / (4 * shards),
         }
     }
 
-    pub(crate) fn entries(&self) -> usize {
-        self.entries.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::SeqCst)
-    }
-
-    /// Reserves room for one entry of `charge` bytes, or returns `None` if a limit is reached.
+    /// Whether `lease` pays for one entry of `charge` bytes.
     #[inline]
-    ///
-    /// Bytes are reserved first, so that the entry count only ever moves for reservations
-    /// that succeed: the producer that takes it from 0 to 1 is the one whose entry really
-    /// opens the window, and a crossing of `max_batch_entries` is never undone.
-    pub(crate) fn reserve(&self, charge: usize) -> Option<Reserved> {
-        let prev_bytes = if self.track_bytes {
-            add_within(&self.bytes, charge, self.max_bytes)?
+    pub(crate) fn covers(&self, lease: &Lease, charge: usize) -> bool {
+        (self.max_entries == 0 || lease.entries >= 1)
+            && (self.max_bytes == 0 || lease.bytes >= charge)
+    }
+
+    /// Spends one entry of `charge` bytes from `lease` (which `covers` it).
+    #[inline]
+    pub(crate) fn spend(&self, lease: &mut Lease, charge: usize) {
+        if self.max_entries != 0 {
+            lease.entries -= 1;
+        }
+        if self.max_bytes != 0 {
+            lease.bytes -= charge;
+        }
+    }
+
+    /// Tops `lease` up from the pool so that it covers one entry of `charge` bytes, taking a
+    /// chunk where it can; false (and nothing taken) if the pool cannot.
+    pub(crate) fn refill(&self, lease: &mut Lease, charge: usize) -> bool {
+        let need_entries = if self.max_entries != 0 && lease.entries == 0 {
+            1
         } else {
             0
         };
-        match add_within(&self.entries, 1, self.max_entries) {
-            Some(prev_entries) => Some(Reserved {
-                prev_entries,
-                prev_bytes,
-            }),
+        let need_bytes = if self.max_bytes != 0 {
+            charge.saturating_sub(lease.bytes)
+        } else {
+            0
+        };
+        let Some(got_entries) = take(&self.entries, need_entries, self.chunk_entries) else {
+            return false;
+        };
+        match take(&self.bytes, need_bytes, self.chunk_bytes.max(need_bytes)) {
+            Some(got_bytes) => {
+                lease.entries += got_entries;
+                lease.bytes += got_bytes;
+                true
+            }
             None => {
-                if self.track_bytes {
-                    self.bytes.fetch_sub(charge, Ordering::SeqCst);
-                }
-                None
+                self.entries.fetch_add(got_entries, Ordering::SeqCst);
+                false
             }
         }
     }
 
-    /// Gives back room; returns the entries still reserved.
-    pub(crate) fn release(&self, entries: usize, bytes: usize) -> usize {
-        if self.track_bytes {
-            self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+    /// Returns credit: a lease given up, or the room of entries that left the queue.
+    pub(crate) fn give_back(&self, entries: usize, bytes: usize) {
+        if self.max_entries != 0 && entries != 0 {
+            self.entries.fetch_add(entries, Ordering::SeqCst);
         }
-        self.entries.fetch_sub(entries, Ordering::SeqCst) - entries
+        if self.max_bytes != 0 && bytes != 0 {
+            self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        }
     }
 
-    /// How far the queue is over its limits if one more entry of `charge` bytes came in.
-    pub(crate) fn excess(&self, charge: usize) -> (usize, usize) {
-        let over = |now: usize, add: usize, max: usize| {
-            if max == 0 {
-                0
-            } else {
-                (now + add).saturating_sub(max)
-            }
-        };
-        let bytes = if self.track_bytes {
-            over(self.bytes(), charge, self.max_bytes)
+    /// What the pool lacks for one entry of `charge` bytes: `(entries, bytes)`.
+    pub(crate) fn deficit(&self, charge: usize) -> (usize, usize) {
+        let entries = if self.max_entries != 0 {
+            1usize.saturating_sub(self.entries.load(Ordering::SeqCst))
         } else {
             0
         };
-        (over(self.entries(), 1, self.max_entries), bytes)
+        let bytes = if self.max_bytes != 0 {
+            charge.saturating_sub(self.bytes.load(Ordering::SeqCst))
+        } else {
+            0
+        };
+        (entries, bytes)
     }
 }
 
-/// Adds `n` to `counter` unless that takes it above `max` (0 = no limit); returns the value
-/// before. Exact: a reservation never fails because of a racing one that itself fails.
-#[inline]
-fn add_within(counter: &AtomicUsize, n: usize, max: usize) -> Option<usize> {
-    if max == 0 {
-        return Some(counter.fetch_add(n, Ordering::SeqCst));
+/// Takes between `need` and `want` from `counter` (0 if `need` is 0 and it is empty); `None`
+/// if it holds less than `need`.
+fn take(counter: &AtomicUsize, need: usize, want: usize) -> Option<usize> {
+    if need == 0 {
+        return Some(0);
     }
     let mut now = counter.load(Ordering::SeqCst);
     loop {
-        if now + n > max {
+        if now < need {
             return None;
         }
-        match counter.compare_exchange_weak(now, now + n, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(prev) => return Some(prev),
+        let got = now.min(want.max(need));
+        match counter.compare_exchange_weak(now, now - got, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return Some(got),
             Err(actual) => now = actual,
+        }
+    }
+}
+
+/// Roughly how much is queued, for the size trigger: shards report in chunks, the worker
+/// subtracts what it takes. Exact once every shard has reported; a shard reports early when
+/// its report could complete a batch, so one producer's full batch is noticed at once.
+pub(crate) struct Approx {
+    pub(crate) entries: AtomicUsize,
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) max_entries: usize,
+    pub(crate) max_bytes: usize,
+    chunk_entries: usize,
+    chunk_bytes: usize,
+}
+
+impl Approx {
+    pub(crate) fn new(max_batch_entries: usize, max_batch_bytes: usize, shards: usize) -> Self {
+        Approx {
+            entries: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_entries: max_batch_entries,
+            max_bytes: max_batch_bytes,
+            chunk_entries: (max_batch_entries / (2 * shards)).max(1),
+            chunk_bytes: (max_batch_bytes / (2 * shards)).max(1),
+        }
+    }
+
+    /// Whether there are batch limits (else nothing is counted).
+    pub(crate) fn active(&self) -> bool {
+        self.max_entries != 0 || self.max_bytes != 0
+    }
+
+    /// Counts one entry appended to a shard; true if the queue now holds a full batch for the
+    /// first time since it last did not (the caller wakes the worker).
+    #[inline]
+    pub(crate) fn appended(&self, unreported: &mut (usize, usize), charge: usize) -> bool {
+        unreported.0 += 1;
+        unreported.1 += charge;
+        let (entries, bytes) = (
+            self.entries.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        );
+        let due = |limit: usize, chunk: usize, mine: usize, total: usize| {
+            limit != 0 && (mine >= chunk || total + mine >= limit)
+        };
+        if !due(self.max_entries, self.chunk_entries, unreported.0, entries)
+            && !due(self.max_bytes, self.chunk_bytes, unreported.1, bytes)
+        {
+            return false;
+        }
+        let (n, b) = std::mem::take(unreported);
+        let before = (
+            self.entries.fetch_add(n, Ordering::SeqCst),
+            self.bytes.fetch_add(b, Ordering::SeqCst),
+        );
+        let crosses = |limit: usize, before: usize, add: usize| {
+            limit != 0 && before < limit && before + add >= limit
+        };
+        crosses(self.max_entries, before.0, n) || crosses(self.max_bytes, before.1, b)
+    }
+
+    /// Whether a full batch is (roughly) queued.
+    pub(crate) fn full(&self) -> bool {
+        (self.max_entries != 0 && self.entries.load(Ordering::SeqCst) >= self.max_entries)
+            || (self.max_bytes != 0 && self.bytes.load(Ordering::SeqCst) >= self.max_bytes)
+    }
+
+    /// The worker collected a shard with `unreported` not yet counted: count it now.
+    pub(crate) fn add(&self, (entries, bytes): (usize, usize)) {
+        if self.active() {
+            self.entries.fetch_add(entries, Ordering::SeqCst);
+            self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        }
+    }
+
+    /// Entries left the queue (taken, evicted, abandoned) after being counted.
+    pub(crate) fn remove(&self, entries: usize, bytes: usize) {
+        if self.active() {
+            self.entries.fetch_sub(entries, Ordering::SeqCst);
+            self.bytes.fetch_sub(bytes, Ordering::SeqCst);
         }
     }
 }
@@ -183,40 +301,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budget_enforces_both_limits_and_undoes_a_partial_reservation() {
-        let b = Budget::new(3, 10, true);
-        assert_eq!(b.reserve(4).map(|r| r.prev_entries), Some(0));
-        assert_eq!(b.reserve(4).map(|r| r.prev_bytes), Some(4));
-        assert!(b.reserve(4).is_none(), "12 bytes > 10");
-        assert_eq!(
-            b.entries(),
-            2,
-            "a failed byte reservation never touches the entry count"
-        );
-        assert_eq!(b.excess(4), (0, 2));
-        assert!(b.reserve(2).is_some());
-        assert!(b.reserve(0).is_none(), "4 entries > 3");
-        assert_eq!(
-            b.bytes(),
-            10,
-            "a failed entry reservation gave its bytes back"
-        );
-        assert_eq!(b.release(1, 4), 2);
-        assert_eq!((b.entries(), b.bytes()), (2, 6));
+    fn pool_leases_in_chunks_and_never_overcommits() {
+        let pool = Pool::new(100, 1000, 8); // chunks: 3 entries, 31 bytes
+        let mut lease = Lease::default();
+        assert!(!pool.covers(&lease, 10));
+        assert!(pool.refill(&mut lease, 10));
+        assert_eq!((lease.entries, lease.bytes), (3, 31));
+        pool.spend(&mut lease, 10);
+        assert!(pool.covers(&lease, 21) && !pool.covers(&lease, 22));
+        // A large entry takes what it needs, beyond the chunk.
+        assert!(pool.refill(&mut lease, 500));
+        assert_eq!(lease.bytes, 500);
+        // Taking everything: the pool runs dry, then refuses without taking anything.
+        let mut greedy = Lease::default();
+        assert!(pool.refill(&mut greedy, 490));
+        assert!(!pool.refill(&mut greedy, 1000));
+        assert_eq!(pool.deficit(1), (0, 1));
+        pool.give_back(0, 5);
+        assert_eq!(pool.deficit(1), (0, 0));
     }
 
     #[test]
-    fn untracked_bytes_cost_nothing() {
-        let b = Budget::new(0, 0, false);
-        for _ in 0..1000 {
-            b.reserve(usize::MAX / 2).unwrap();
-        }
-        assert_eq!((b.entries(), b.bytes()), (1000, 0));
+    fn a_failed_refill_gives_its_entries_back() {
+        let pool = Pool::new(10, 10, 8);
+        let mut lease = Lease::default();
+        assert!(!pool.refill(&mut lease, 11));
+        assert_eq!(
+            pool.deficit(0),
+            (0, 0),
+            "the entry credit taken for it came back"
+        );
+        assert_eq!((lease.entries, lease.bytes), (0, 0));
+    }
+
+    #[test]
+    fn an_unlimited_pool_covers_everything_without_credit() {
+        let pool = Pool::new(0, 0, 8);
+        let lease = Lease::default();
+        assert!(pool.covers(&lease, usize::MAX));
+    }
+
+    #[test]
+    fn approx_reports_a_single_producers_full_batch_at_once() {
+        let approx = Approx::new(1000, 0, 8); // chunk 62
+        let mut mine = (0, 0);
+        let crossings: Vec<usize> = (1..=1000)
+            .filter(|_| approx.appended(&mut mine, 1))
+            .collect();
+        assert_eq!(
+            crossings,
+            vec![1000],
+            "reported early when the report completes a batch"
+        );
+        assert!(approx.full());
+        approx.remove(1000, 1000);
+        assert!(!approx.full());
     }
 
     #[test]
     fn shards_are_padded_and_a_power_of_two() {
-        assert_eq!(std::mem::align_of::<CachePadded<Mutex<Shard>>>(), 128);
+        assert_eq!(std::mem::align_of::<CachePadded<ShardCell>>(), 128);
         let n = shard_count();
         assert!(n.is_power_of_two() && (8..=64).contains(&n));
         let a = shard_index(n - 1);

@@ -32,6 +32,7 @@ enum Step {
 pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
     // SAFETY: `inner` outlives `engine`, which this thread holds until the end.
     let inner = unsafe { &*inner.0 };
+    precise_timers();
     let holder = Holder {
         engine: Some(engine),
         inner,
@@ -45,7 +46,6 @@ pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
         forked: false,
         flight: Flight::default(),
         last_start: None,
-        emptied_at: 0,
         round: None,
         round_took: false,
         rng: engine.stamp(Instant::now()) ^ (inner as *const Inner as u64) | 1,
@@ -64,6 +64,16 @@ pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
     // The last reference may be this one (the handle was dropped from a callback or after a
     // shutdown deadline): then the engine, its state and the user's callbacks are freed here.
     drop(holder);
+}
+
+/// Asks the kernel not to defer this thread's timed wake-ups: by default it may add up to
+/// 50 µs ("timer slack") to coalesce them, which would make every window that much late.
+fn precise_timers() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack (1 ns: the minimum).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
 }
 
 /// The worker's reference to the engine, released (even on a panic) after telling a future
@@ -89,9 +99,6 @@ struct Worker<'a> {
     forked: bool,
     flight: Flight,
     last_start: Option<Instant>,
-    /// Stamp read just before the queue was last emptied: a `window_opened` stamp older than
-    /// this belongs to an earlier window.
-    emptied_at: u64,
     /// While a round runs: the highest flush ticket it serves.
     round: Option<u64>,
     round_took: bool,
@@ -138,16 +145,17 @@ impl Worker<'_> {
                 };
             }
             if self.round.is_none() {
-                let queued = inner.budget.entries() > 0;
                 let flush_wanted = st.flush_requested > st.flush_done;
-                if flush_wanted
-                    || (st.closing && queued)
-                    || (queued && self.window_end().is_some_and(|end| now >= end))
+                let final_pass = st.closing && !st.drained_after_close;
+                if flush_wanted || final_pass || self.window_end(&st).is_some_and(|end| now >= end)
                 {
                     self.round = Some(st.flush_requested);
                     self.round_took = false;
+                    // After this collection no entry can arrive (producers check `closed`
+                    // under the shard locks this takes).
+                    st.drained_after_close = st.closing;
                     inner.collect_shards(&mut st);
-                } else if self.size_triggered() && !self.full_batch(&st) {
+                } else if inner.approx.full() && !self.full_batch(&st) {
                     inner.collect_shards(&mut st);
                 }
             }
@@ -162,30 +170,24 @@ impl Worker<'_> {
                     continue; // more may have arrived, or been asked for, meanwhile
                 }
             }
-            let queued = inner.budget.entries();
-            if st.closing && queued == 0 {
-                return Step::Exit;
+            if st.drained_after_close {
+                return Step::Exit; // closed, collected once more since, and all dispatched
             }
-            if queued == 0 {
+            if let Some(end) = self.window_end(&st) {
+                return Step::Park(Some(end));
+            }
+            // Nothing queued: sleep without a deadline, until the producer of the next first
+            // entry (or a flush or shutdown) unparks this thread.
+            if inner.go_idle() {
                 return Step::Park(None);
             }
-            if st.closing || st.flush_requested > st.flush_done || self.size_triggered() {
-                // A producer holds a reservation but has not appended yet; it will in a
-                // moment (and its crossing of a batch limit has already been spent).
-                return Step::Park(Some(now + Duration::from_millis(1)));
-            }
-            // Before the producer that opened the window stamps it, there is no deadline yet;
-            // it unparks this thread right after stamping.
-            return Step::Park(self.window_end());
         }
     }
 
-    /// When the current window ends, or `None` if its opening is not stamped yet.
-    fn window_end(&self) -> Option<Instant> {
-        let opened = self.inner.window_opened.load(Ordering::Acquire);
-        if opened == 0 || opened < self.emptied_at {
-            return None;
-        }
+    /// When the current window ends, if anything is queued: `ms_delay` after the oldest
+    /// queued entry arrived, and not sooner than `ms_delay` after the previous start.
+    fn window_end(&self, st: &State) -> Option<Instant> {
+        let opened = self.inner.window_opened(st)?;
         Some(self.not_before(self.engine.instant(opened) + self.engine.ms_delay))
     }
 
@@ -195,13 +197,6 @@ impl Worker<'_> {
             Some(last) => at.max(last + self.engine.ms_delay),
             None => at,
         }
-    }
-
-    /// A full batch is queued (shards included): dispatch it without waiting for the window.
-    fn size_triggered(&self) -> bool {
-        let o = &self.engine.options;
-        (o.max_batch_entries != 0 && self.inner.budget.entries() >= o.max_batch_entries)
-            || (o.max_batch_bytes != 0 && self.inner.budget.bytes() >= o.max_batch_bytes)
     }
 
     /// A full batch is in the backlog.
@@ -234,7 +229,8 @@ impl Worker<'_> {
             }
             let cut = front.prefix(room_entries, room_bytes);
             if cut.0 > 0 {
-                let mut part = crate::batch::Arena::with_buffer(st.pool.pop().unwrap_or_default());
+                let mut part =
+                    crate::batch::Arena::with_buffer(st.spare_buffers.pop().unwrap_or_default());
                 front.split_front(cut, &mut part);
                 entries += cut.0;
                 bytes += cut.1;
@@ -246,10 +242,8 @@ impl Worker<'_> {
         st.backlog_bytes -= bytes;
         st.in_flight = entries;
         self.flight.start(entries, bytes);
-        let before_release = self.engine.stamp(Instant::now());
-        if self.inner.budget.release(entries, bytes) == 0 {
-            self.emptied_at = before_release;
-        }
+        self.inner.pool.give_back(entries, bytes);
+        self.inner.approx.remove(entries, bytes);
         self.round_took = true;
         self.inner.room_freed();
     }
@@ -293,8 +287,11 @@ impl Worker<'_> {
 
     fn finish(&mut self, st: &mut State) {
         st.in_flight = 0;
-        let pool_cap = self.inner.shards.len() + 2;
-        self.flight.clear(&mut st.pool, pool_cap);
+        let max_spares = self.inner.shards.len() + 2;
+        let mut peak = st.buffer_peak;
+        self.flight
+            .clear(&mut st.spare_buffers, max_spares, &mut peak);
+        st.buffer_peak = peak;
     }
 
     /// `retry_backoff * 2^(attempt - 1)`, capped, jittered into `[b / 2, b]`.

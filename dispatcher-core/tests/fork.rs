@@ -1,7 +1,7 @@
 //! fork(): the child gets an empty, working dispatcher; the parent keeps its entries.
 //!
-//! Kept in its own test binary with a single test: forking a process whose other test threads
-//! hold locks would make the child's behaviour depend on them.
+//! Kept in its own test binary, its tests serialised: forking a process whose other test
+//! threads hold locks would make the child's behaviour depend on them.
 
 mod common;
 
@@ -11,8 +11,13 @@ use std::time::Duration;
 use common::Recorder;
 use dispatcher_core::{Dispatcher, Options};
 
+/// The tests here fork; they run one at a time, so that no other test thread is inside
+/// malloc (or anything else) at a fork that does not protect libc.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_fork_child_gets_an_empty_working_dispatcher() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rec = Recorder::new();
     let d = Dispatcher::builder(Duration::from_secs(3600))
         .options(Options {
@@ -22,14 +27,32 @@ fn a_fork_child_gets_an_empty_working_dispatcher() {
         .build(rec.ok())
         .unwrap();
     let stop = AtomicBool::new(false);
+    let pause = AtomicBool::new(false);
+    let paused = std::sync::atomic::AtomicUsize::new(0);
+    /// Stops the producers even when a failed check unwinds out of the scope (which would
+    /// otherwise wait for them forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let parent_accepted = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         // Producers keep enqueueing (and holding shard locks) while the main thread forks.
         let producers: Vec<_> = (0..2u8)
             .map(|t| {
-                let (d, stop) = (&d, &stop);
+                let (d, stop, pause, paused) = (&d, &stop, &pause, &paused);
                 s.spawn(move || {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
+                        if pause.load(Ordering::SeqCst) {
+                            paused.fetch_add(1, Ordering::SeqCst);
+                            while pause.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) {
+                                std::thread::yield_now();
+                            }
+                            paused.fetch_sub(1, Ordering::SeqCst);
+                        }
                         // The queue may fill up (bounded below); count what was accepted.
                         n += u64::from(d.enqueue(&[b'p', t]).is_ok());
                     }
@@ -40,15 +63,27 @@ fn a_fork_child_gets_an_empty_working_dispatcher() {
         common::wait_until("the producers to start", || d.stats().enqueued > 1000);
         for round in 0..4 {
             // Every other child comes from a raw fork syscall, which runs no atfork handler
-            // (as some forking code does): the wipe-on-fork page alone must reveal it.
+            // (as some forking code does): the wipe-on-fork page alone must reveal it. Such a
+            // fork does not protect libc either (a producer inside malloc would leave its
+            // lock held in the child), so the producers pause for it.
+            let raw = round % 2 == 1;
+            if raw {
+                pause.store(true, Ordering::SeqCst);
+                common::wait_until("the producers to pause", || {
+                    paused.load(Ordering::SeqCst) == 2
+                });
+            }
             // SAFETY: the child only runs the code below and leaves with `_exit`.
             let pid = unsafe {
-                if round % 2 == 0 {
-                    libc::fork()
-                } else {
+                if raw {
                     libc::syscall(libc::SYS_fork) as libc::pid_t
+                } else {
+                    libc::fork()
                 }
             };
+            if raw && pid != 0 {
+                pause.store(false, Ordering::SeqCst);
+            }
             assert!(pid >= 0, "fork failed");
             if pid == 0 {
                 // SAFETY: leaving the child without running the parent's destructors or hooks.
@@ -137,6 +172,7 @@ impl Drop for FreedFlag {
 
 #[test]
 fn a_fork_child_frees_its_copy_and_a_fork_inside_the_callback_stays_in_the_parent() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Part 1: the child's copy of the worker's reference must not keep the engine alive.
     let flag = FreedFlag;
     let d = Dispatcher::builder(Duration::from_secs(3600))

@@ -201,3 +201,43 @@ fn an_idle_dispatcher_does_not_wake_up() {
     d.enqueue(b"y").unwrap();
     rec.wait_calls(2);
 }
+
+#[test]
+fn batches_from_several_shards_respect_the_byte_limit() {
+    // Regression: a shard's buffer that filled a batch exactly let the next one in whole.
+    let rec = Recorder::new();
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let (r, g) = (rec.clone(), gate.clone());
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let d = Dispatcher::builder(Duration::from_millis(20))
+        .options(Options {
+            max_batch_bytes: 100,
+            ..Options::default()
+        })
+        .build(move |batch| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                g.wait(); // the test enqueues while this batch is in flight
+                g.wait();
+            }
+            r.record(batch);
+            Ok(())
+        })
+        .unwrap();
+    d.enqueue(b"hold").unwrap();
+    gate.wait();
+    std::thread::scope(|s| {
+        for t in 0..3u8 {
+            let d = &d;
+            s.spawn(move || (0..10).for_each(|_| d.enqueue(&[t; 10]).unwrap()));
+        }
+    });
+    gate.wait();
+    d.flush(None).unwrap();
+    let calls = rec.calls();
+    assert_eq!(rec.delivered().len(), 31);
+    assert!(
+        calls.iter().all(|c| c.bytes <= 100),
+        "batch sizes: {:?}",
+        calls.iter().map(|c| c.bytes).collect::<Vec<_>>()
+    );
+}
