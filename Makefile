@@ -77,6 +77,10 @@ test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and m
 	$(PY) -m mypy.stubtest background_dispatcher
 	$(PY) -m mypy --strict bindings/python/python/background_dispatcher
 
+.PHONY: bench
+bench: $(VENV)/.installed ## Benchmarks against the peers (~8 min; QUICK=1: ~1 min) into benchmarks/RESULTS.md
+	PATH="$(BIN):$$PATH" $(PY) benchmarks/run.py $(if $(QUICK),--quick)
+
 .PHONY: lint
 lint: ## rustfmt and clippy
 	cargo fmt --all --check

@@ -48,6 +48,8 @@ pub(crate) struct ShardCell {
     /// When this shard's oldest entry arrived (ns since the engine's epoch, plus 1), or 0 if
     /// it is empty. Written under the lock; read by the worker without it, to find the window.
     pub(crate) opened_at: AtomicU64,
+    /// Bytes this shard's buffer held when the worker last collected it (worker only).
+    pub(crate) last_used: AtomicUsize,
 }
 
 /// The records appended by the threads pinned to one shard.

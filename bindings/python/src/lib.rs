@@ -228,6 +228,23 @@ impl std::error::Error for Failed {}
 /// The bytes an entry counts against the byte limits.
 #[inline]
 fn charge(entry: &Bound<'_, PyAny>) -> PyResult<usize> {
+    use pyo3::ffi;
+    let ptr = entry.as_ptr();
+    // Exact types first, by comparing type pointers: on the hot path one function call each,
+    // where a subclass-aware check costs a call more.
+    // SAFETY: `ptr` is a live object; the type objects are static and compared by address.
+    unsafe {
+        let ty = ffi::Py_TYPE(ptr);
+        if ty == &raw mut ffi::PyBytes_Type {
+            return Ok(ffi::PyBytes_Size(ptr) as usize);
+        }
+        if ty == &raw mut ffi::PyUnicode_Type {
+            return Ok(ffi::PyUnicode_GetLength(ptr) as usize);
+        }
+        if ty == &raw mut ffi::PyDict_Type {
+            return Ok(0);
+        }
+    }
     if let Ok(bytes) = entry.cast::<PyBytes>() {
         return Ok(bytes.as_bytes().len());
     }
@@ -362,11 +379,14 @@ impl PyStats {
 }
 
 /// The dispatcher. See `BackgroundDispatcher` in `background_dispatcher/__init__.py`.
+// `frozen`: methods borrow `&self` with no runtime borrow flag to update on every call (the
+// one field that changes, the runner, is behind its own lock).
 #[pyclass(
     name = "_BackgroundDispatcher",
     module = "background_dispatcher._background_dispatcher",
     subclass,
-    weakref
+    weakref,
+    frozen
 )]
 struct PyDispatcher {
     /// `None` only while being dropped.
@@ -628,7 +648,7 @@ impl PyDispatcher {
         Ok(())
     }
 
-    fn __clear__(&mut self, py: Python<'_>) {
+    fn __clear__(&self, py: Python<'_>) {
         // `__del__` has closed the dispatcher already; make sure, while the callbacks are
         // still there to deliver the queue.
         if let Some(core) = self.core.as_ref() {
