@@ -411,6 +411,9 @@ impl Engine {
                     return Err(EnqueueError::Closed);
                 }
                 let (dropped, evicted) = inner.evict(self, charge);
+                if evicted == 0 && inner.closed.load(Ordering::SeqCst) {
+                    return Err(EnqueueError::Closed);
+                }
                 if evicted == 0 {
                     // What there was to evict is in flight, and the room went to another
                     // producer: let it run.
@@ -440,32 +443,31 @@ impl Engine {
             // (and on a thread the dispatch depends on, such as an event loop, for long).
             return Err(EnqueueError::QueueFull);
         }
-        let mut guard = lock(&inner.space);
-        inner.space_waiters.fetch_add(1, Ordering::SeqCst);
-        let result = loop {
-            // Checked under `space` after registering as a waiter, so that room given back
-            // after this check finds the waiter and signals.
-            if inner.pool.deficit(charge) == (0, 0) {
-                break Ok(());
+        loop {
+            // Room may sit unused in other shards' leases (given back to the pool and leased
+            // again while this thread slept): take it back at every turn.
+            if inner.steal_leases(charge) {
+                return Ok(());
             }
             if inner.closed.load(Ordering::SeqCst) {
-                break Err(EnqueueError::Closed);
+                return Err(EnqueueError::Closed);
             }
             let now = Instant::now();
-            guard = match deadline {
-                Some(deadline) if now >= deadline => break Err(EnqueueError::QueueFull),
-                Some(deadline) => inner
-                    .space_cv
-                    .wait_timeout(guard, deadline - now)
-                    .map_or_else(|e| e.into_inner().0, |r| r.0),
-                None => inner
-                    .space_cv
-                    .wait(guard)
-                    .unwrap_or_else(|e| e.into_inner()),
-            };
-        };
-        inner.space_waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(EnqueueError::QueueFull);
+            }
+            // Registered as a waiter before the last check under `space`, so that room given
+            // back after it finds the waiter and signals. Wakes at least every 100 ms anyway.
+            let guard = lock(&inner.space);
+            inner.space_waiters.fetch_add(1, Ordering::SeqCst);
+            if inner.pool.deficit(charge) != (0, 0) && !inner.closed.load(Ordering::SeqCst) {
+                let wait = deadline.map_or(Duration::from_millis(100), |d| {
+                    (d - now).min(Duration::from_millis(100))
+                });
+                drop(inner.space_cv.wait_timeout(guard, wait));
+            }
+            inner.space_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
@@ -708,8 +710,12 @@ impl Inner {
     /// 4 KiB, and that is better paid here than by a producer inside its enqueue.
     pub(crate) fn collect_shards(&self, st: &mut State) {
         for cell in self.shards.iter() {
-            if cell.opened_at.load(Ordering::Acquire) == 0 {
-                continue; // empty (the stamp is set with the first entry, under the lock)
+            // An empty shard needs no lock: a stamp not yet visible here belongs to an entry
+            // still being appended, not yet accepted, which a later round collects. But the
+            // pass after closing must lock every shard: it is what orders closing with the
+            // producers' checks of `closed`.
+            if !st.closing && cell.opened_at.load(Ordering::Acquire) == 0 {
+                continue;
             }
             let mut spare = st.spare_buffers.pop().unwrap_or_default();
             ready_for(&mut spare, cell.last_used.load(Ordering::Relaxed));
@@ -735,12 +741,26 @@ impl Inner {
 
     /// Takes every shard's unused lease back into the pool; whether the pool now has room for
     /// one entry of `charge` bytes. Before refusing anything, so that "full" is exact.
+    ///
+    /// Skipped (false) when no entry left the queue since the last steal that found too
+    /// little: only that frees credit, so a full queue refuses without locking every shard.
     fn steal_leases(&self, charge: usize) -> bool {
+        let epoch = self.pool.epoch();
+        if self.pool.deficit(charge) == (0, 0) {
+            return true;
+        }
+        if self.pool.fruitless_steal_at(epoch) {
+            return false;
+        }
         for cell in self.shards.iter() {
             let lease = std::mem::take(&mut lock(&cell.shard).lease);
-            self.pool.give_back(lease.entries, lease.bytes);
+            self.pool.return_lease(lease);
         }
-        self.pool.deficit(charge) == (0, 0)
+        let room = self.pool.deficit(charge) == (0, 0);
+        if !room {
+            self.pool.steal_failed(epoch);
+        }
+        room
     }
 
     /// Sleeps-to-be: marks the worker idle if nothing is queued (checked under every shard
@@ -761,6 +781,11 @@ impl Inner {
     /// backlog first (collected earliest), then the caller's own shard, then the others.
     fn evict(&self, engine: &Engine, charge: usize) -> (Dropped, usize) {
         let mut st = lock(&self.state);
+        if st.closing {
+            // Everything queued will be delivered: evicting for an entry that closing
+            // refuses would lose deliverable entries for nothing.
+            return (Dropped::new(), 0);
+        }
         let (over_entries, over_bytes) = self.pool.deficit(charge);
         let mut eviction = Eviction {
             over_entries,
@@ -806,7 +831,7 @@ impl Inner {
             }
         }
         st.evicted += eviction.entries as u64;
-        self.pool.give_back(eviction.entries, eviction.bytes);
+        self.pool.freed(eviction.entries, eviction.bytes);
         drop(st);
         let mut dropped = Dropped::new();
         dropped.add(eviction.sink.unwrap_or_default());
@@ -833,7 +858,7 @@ impl Inner {
         st.backlog_entries = 0;
         st.backlog_bytes = 0;
         st.abandoned += dropped.entries as u64;
-        self.pool.give_back(dropped.entries, dropped.bytes);
+        self.pool.freed(dropped.entries, dropped.bytes);
         self.room_freed();
         dropped
     }

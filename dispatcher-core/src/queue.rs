@@ -105,6 +105,11 @@ pub(crate) struct Lease {
 pub(crate) struct Pool {
     entries: AtomicUsize,
     bytes: AtomicUsize,
+    /// Bumped whenever entries leave the queue (the only event that frees credit).
+    epoch: AtomicU64,
+    /// The epoch at which taking every lease back last found too little room (`u64::MAX`:
+    /// never): until the epoch moves, doing it again would find no more.
+    fruitless: AtomicU64,
     max_entries: usize,
     max_bytes: usize,
     /// How much a shard leases at a time: a fraction of the limit, so that few trips to the
@@ -118,6 +123,8 @@ impl Pool {
         Pool {
             entries: AtomicUsize::new(max_entries),
             bytes: AtomicUsize::new(max_bytes),
+            epoch: AtomicU64::new(0),
+            fruitless: AtomicU64::new(u64::MAX),
             max_entries,
             max_bytes,
             chunk_entries: (max_entries / (4 * shards)).max(1),
@@ -172,8 +179,31 @@ impl Pool {
         }
     }
 
-    /// Returns credit: a lease given up, or the room of entries that left the queue.
-    pub(crate) fn give_back(&self, entries: usize, bytes: usize) {
+    /// Entries left the queue (taken for dispatch, evicted, abandoned): their room is free.
+    pub(crate) fn freed(&self, entries: usize, bytes: usize) {
+        self.give_back(entries, bytes);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A shard's unused lease, taken back.
+    pub(crate) fn return_lease(&self, lease: Lease) {
+        self.give_back(lease.entries, lease.bytes);
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether taking every lease back already found too little room at `epoch`.
+    pub(crate) fn fruitless_steal_at(&self, epoch: u64) -> bool {
+        self.fruitless.load(Ordering::SeqCst) == epoch
+    }
+
+    pub(crate) fn steal_failed(&self, epoch: u64) {
+        self.fruitless.store(epoch, Ordering::SeqCst);
+    }
+
+    fn give_back(&self, entries: usize, bytes: usize) {
         if self.max_entries != 0 && entries != 0 {
             self.entries.fetch_add(entries, Ordering::SeqCst);
         }
@@ -227,6 +257,7 @@ pub(crate) struct Approx {
     pub(crate) max_bytes: usize,
     chunk_entries: usize,
     chunk_bytes: usize,
+    shards: usize,
 }
 
 impl Approx {
@@ -238,6 +269,7 @@ impl Approx {
             max_bytes: max_batch_bytes,
             chunk_entries: (max_batch_entries / (2 * shards)).max(1),
             chunk_bytes: (max_batch_bytes / (2 * shards)).max(1),
+            shards,
         }
     }
 
@@ -256,8 +288,17 @@ impl Approx {
             self.entries.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
         );
+        // A chunk at a time; closer to a full batch, smaller reports (so that a batch spread
+        // over every shard is noticed too), and at once when this one completes it. Once a
+        // full batch is reported, chunks again: the worker is on it.
+        let shards = self.shards;
         let due = |limit: usize, chunk: usize, mine: usize, total: usize| {
-            limit != 0 && (mine >= chunk || total + mine >= limit)
+            limit != 0
+                && if total >= limit {
+                    mine >= chunk
+                } else {
+                    mine >= chunk.min(((limit - total) / shards).max(1)) || total + mine >= limit
+                }
         };
         if !due(self.max_entries, self.chunk_entries, unreported.0, entries)
             && !due(self.max_bytes, self.chunk_bytes, unreported.1, bytes)
@@ -319,7 +360,7 @@ mod tests {
         assert!(pool.refill(&mut greedy, 490));
         assert!(!pool.refill(&mut greedy, 1000));
         assert_eq!(pool.deficit(1), (0, 1));
-        pool.give_back(0, 5);
+        pool.freed(0, 5);
         assert_eq!(pool.deficit(1), (0, 0));
     }
 
@@ -358,6 +399,44 @@ mod tests {
         assert!(approx.full());
         approx.remove(1000, 1000);
         assert!(!approx.full());
+    }
+
+    #[test]
+    fn approx_notices_a_batch_spread_over_every_shard_and_then_reports_in_chunks() {
+        let approx = Approx::new(1000, 0, 8); // chunk 62
+        let mut shards = [(0, 0); 8];
+        let mut crossed = 0;
+        for _ in 0..125 {
+            for mine in shards.iter_mut() {
+                crossed += usize::from(approx.appended(mine, 1));
+            }
+        }
+        assert_eq!(
+            crossed, 1,
+            "1000 entries over 8 shards make one full batch, noticed"
+        );
+        assert!(approx.full());
+        // With a full batch reported, a shard reports again only after a chunk.
+        let before = approx.entries.load(Ordering::SeqCst);
+        for _ in 0..61 {
+            approx.appended(&mut shards[0], 1);
+        }
+        assert_eq!(
+            approx.entries.load(Ordering::SeqCst),
+            before,
+            "no shared write per entry"
+        );
+    }
+
+    #[test]
+    fn a_steal_is_skipped_until_something_leaves_the_queue() {
+        let pool = Pool::new(10, 0, 8);
+        let epoch = pool.epoch();
+        assert!(!pool.fruitless_steal_at(epoch));
+        pool.steal_failed(epoch);
+        assert!(pool.fruitless_steal_at(pool.epoch()));
+        pool.freed(1, 0);
+        assert!(!pool.fruitless_steal_at(pool.epoch()));
     }
 
     #[test]

@@ -242,7 +242,7 @@ impl Worker<'_> {
         st.backlog_bytes -= bytes;
         st.in_flight = entries;
         self.flight.start(entries, bytes);
-        self.inner.pool.give_back(entries, bytes);
+        self.inner.pool.freed(entries, bytes);
         self.inner.approx.remove(entries, bytes);
         self.round_took = true;
         self.inner.room_freed();

@@ -352,3 +352,36 @@ fn block_never_waits_on_a_never_block_thread() {
         assert_eq!(other.join().unwrap(), Ok(()));
     });
 }
+
+#[test]
+fn a_blocked_producer_gets_room_that_other_shards_leased_while_it_waited() {
+    // Room given back while a producer waits can be leased again, in chunks, by another
+    // shard and sit there unused: the waiter must take it back rather than time out.
+    let rec = Recorder::new();
+    let d = Dispatcher::builder(Duration::from_millis(50))
+        .options(Options {
+            max_queue_bytes: 1000,
+            overflow: Overflow::Block,
+            block_timeout: Duration::from_secs(30),
+            ..Options::default()
+        })
+        .build(rec.ok())
+        .unwrap();
+    let a = |n: usize| std::thread::scope(|s| s.spawn(|| d.enqueue(&vec![1; n])).join().unwrap());
+    // Each call runs on its own thread, so on its own shard with its own lease.
+    a(10).unwrap();
+    a(400).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| d.enqueue(&[9; 990]));
+        std::thread::sleep(Duration::from_millis(10)); // let it start waiting (not syncing)
+        a(10).unwrap(); // leases a chunk from what the pool holds
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the waiter waited for its whole timeout"
+    );
+    d.flush(None).unwrap();
+    assert_eq!(rec.delivered().len(), 4);
+}

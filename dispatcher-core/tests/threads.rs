@@ -172,3 +172,37 @@ fn racing_producers_at_a_byte_bound_never_strand_an_entry() {
         });
     }
 }
+
+#[test]
+fn shutdown_racing_producers_never_strands_an_accepted_entry() {
+    for round in 0..300u32 {
+        let rec = Recorder::new();
+        let d = Dispatcher::builder(Duration::from_millis(1))
+            .build(rec.ok())
+            .unwrap();
+        let accepted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let (d, accepted) = (&d, &accepted);
+                s.spawn(move || {
+                    for seq in 0..200 {
+                        if d.enqueue(&tagged(t, seq)).is_ok() {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            if round % 2 == 0 {
+                std::thread::yield_now();
+            }
+            d.shutdown(Some(Duration::from_secs(20))).unwrap();
+        });
+        let s = d.stats();
+        assert_eq!(
+            (s.dispatched, s.queued_entries),
+            (accepted.load(Ordering::Relaxed), 0),
+            "round {round}: an accepted entry was left behind: {s:?}"
+        );
+        assert_eq!(rec.delivered().len() as u64, s.dispatched);
+    }
+}
