@@ -27,7 +27,7 @@ def test_bad_arguments_raise_specific_errors() -> None:
     with pytest.raises(TypeError, match="ms_delay"):
         BackgroundDispatcher(ok)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        BackgroundDispatcher(ok, 10)  # type: ignore[misc]  # ms_delay is keyword-only
+        BackgroundDispatcher(ok, 10)  # type: ignore[call-arg]  # ms_delay is keyword-only
     for bad in (0, -5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="ms_delay"):
             BackgroundDispatcher(ok, ms_delay=bad)
@@ -35,7 +35,8 @@ def test_bad_arguments_raise_specific_errors() -> None:
         BackgroundDispatcher(ok, ms_delay=10, overflow="drop_everything")  # type: ignore[arg-type]
     for name in ("max_queue_entries", "max_queue_bytes", "max_batch_entries", "max_batch_bytes"):
         with pytest.raises(ValueError, match=name):
-            BackgroundDispatcher(ok, ms_delay=10, **{name: -1})
+            limit: dict[str, Any] = {name: -1}
+            BackgroundDispatcher(ok, ms_delay=10, **limit)
     with pytest.raises(ValueError, match="max_batch_entries"):
         BackgroundDispatcher(ok, ms_delay=10, max_queue_entries=5, max_batch_entries=6)
     with pytest.raises(ValueError, match="max_batch_bytes"):
@@ -64,7 +65,7 @@ def test_the_class_is_generic_and_a_context_manager(recorder: Recorder) -> None:
 
 def test_the_dispatch_function_gets_the_very_objects_in_order(recorder: Recorder) -> None:
     entries: list[Any] = [{"n": i} for i in range(100)] + [b"raw", "text", None, 3.5, (1, 2)]
-    d = BackgroundDispatcher(recorder, ms_delay=HOUR_MS)
+    d = BackgroundDispatcher[Any](recorder, ms_delay=HOUR_MS)
     assert d.enqueue_many(entries) == len(entries)
     assert d.flush(PATIENCE)
     delivered = recorder.delivered
@@ -79,7 +80,7 @@ def test_references_are_released_after_dispatch(recorder: Recorder) -> None:
     class Entry:
         pass
 
-    d = BackgroundDispatcher(lambda entries: None, ms_delay=1)
+    d = BackgroundDispatcher[Any](lambda entries: None, ms_delay=1)
     refs = []
     for _ in range(50):
         e = Entry()
@@ -94,7 +95,7 @@ def test_references_are_released_after_dispatch(recorder: Recorder) -> None:
 
 def test_first_entry_opens_a_window_and_starts_are_ms_delay_apart(recorder: Recorder) -> None:
     delay = 0.03
-    d = BackgroundDispatcher(recorder, ms_delay=delay * 1000)
+    d = BackgroundDispatcher[Any](recorder, ms_delay=delay * 1000)
     opened = time.monotonic()
     d.enqueue(1)
     wait_until(lambda: recorder.batches, "the first batch")
@@ -113,7 +114,7 @@ def test_first_entry_opens_a_window_and_starts_are_ms_delay_apart(recorder: Reco
 
 
 def test_a_full_batch_goes_at_once(recorder: Recorder) -> None:
-    d = BackgroundDispatcher(recorder, ms_delay=HOUR_MS, max_batch_entries=10)
+    d = BackgroundDispatcher[Any](recorder, ms_delay=HOUR_MS, max_batch_entries=10)
     d.enqueue_many(range(25))
     wait_until(lambda: len(recorder.batches) >= 2, "two full batches")
     assert recorder.batches[:2] == [list(range(10)), list(range(10, 20))]
@@ -124,7 +125,7 @@ def test_a_full_batch_goes_at_once(recorder: Recorder) -> None:
 
 def test_byte_limits_count_len_of_bytes_like_and_str_and_nothing_else() -> None:
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, max_queue_bytes=10, max_queue_entries=None)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_bytes=10, max_queue_entries=None)
     d.enqueue(b"")  # held at the gate: in flight, not counted
     assert gate.waiting.wait(PATIENCE)
     assert d.enqueue(b"12345")
@@ -135,7 +136,7 @@ def test_byte_limits_count_len_of_bytes_like_and_str_and_nothing_else() -> None:
     for _ in range(1000):
         assert d.enqueue({"any": "object"}), "other objects count 0 bytes"
     assert d.stats.queued_bytes == 10
-    assert not BackgroundDispatcher(gate, ms_delay=1, max_batch_bytes=4).enqueue("12345"), "too large"
+    assert not BackgroundDispatcher[Any](gate, ms_delay=1, max_batch_bytes=4).enqueue("12345"), "too large"
     gate.open()
     assert d.close(PATIENCE)
 
@@ -145,7 +146,7 @@ def test_byte_limits_count_len_of_bytes_like_and_str_and_nothing_else() -> None:
 
 def test_drop_newest_refuses_and_counts(recorder: Recorder) -> None:
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, max_queue_entries=3, on_drop=recorder.on_drop)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_entries=3, on_drop=recorder.on_drop)
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     assert [d.enqueue(i) for i in range(5)] == [True, True, True, False, False]
@@ -158,7 +159,7 @@ def test_drop_newest_refuses_and_counts(recorder: Recorder) -> None:
 
 def test_drop_oldest_hands_the_evicted_to_on_drop(recorder: Recorder) -> None:
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, max_queue_entries=2, overflow="drop_oldest", on_drop=recorder.on_drop)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_entries=2, overflow="drop_oldest", on_drop=recorder.on_drop)
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     assert all(d.enqueue(i) for i in range(5))
@@ -170,7 +171,7 @@ def test_drop_oldest_hands_the_evicted_to_on_drop(recorder: Recorder) -> None:
 
 def test_block_waits_with_the_gil_released() -> None:
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, max_queue_entries=1, overflow="block", block_timeout=60)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_entries=1, overflow="block", block_timeout=60)
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     assert d.enqueue("queued")
@@ -188,7 +189,7 @@ def test_block_waits_with_the_gil_released() -> None:
 
 def test_block_gives_up_after_block_timeout() -> None:
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, max_queue_entries=1, overflow="block", block_timeout=0.05)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_entries=1, overflow="block", block_timeout=0.05)
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     d.enqueue("queued")
@@ -204,7 +205,7 @@ def test_block_gives_up_after_block_timeout() -> None:
 
 def test_an_exception_goes_to_on_error_and_the_entries_to_on_drop() -> None:
     rec = Recorder(fail=lambda entries: True)
-    d = BackgroundDispatcher(rec, ms_delay=1, on_error=rec.on_error, on_drop=rec.on_drop)
+    d = BackgroundDispatcher[Any](rec, ms_delay=1, on_error=rec.on_error, on_drop=rec.on_drop)
     d.enqueue("a")
     assert d.flush(PATIENCE)
     assert len(rec.errors) == 1
@@ -222,7 +223,7 @@ def test_without_on_error_exceptions_are_logged_with_traceback(caplog: pytest.Lo
     def send(entries: list[Any]) -> None:
         raise ValueError("collector said no")
 
-    d = BackgroundDispatcher(send, ms_delay=1)
+    d = BackgroundDispatcher[Any](send, ms_delay=1)
     with caplog.at_level(logging.ERROR, logger="background_dispatcher"):
         d.enqueue(1)
         assert d.flush(PATIENCE)
@@ -239,7 +240,7 @@ def test_exceptions_in_on_error_and_on_drop_are_logged(caplog: pytest.LogCapture
     def send(entries: list[Any]) -> None:
         raise ValueError("down")
 
-    d = BackgroundDispatcher(send, ms_delay=1, on_error=boom, on_drop=boom)
+    d = BackgroundDispatcher[Any](send, ms_delay=1, on_error=boom, on_drop=boom)
     with caplog.at_level(logging.ERROR, logger="background_dispatcher"):
         d.enqueue(1)
         assert d.flush(PATIENCE)
@@ -257,7 +258,7 @@ def test_retries_redeliver_with_backoff() -> None:
         if len(calls) < 3:
             raise ConnectionError("try again")
 
-    d = BackgroundDispatcher(flaky, ms_delay=1, max_attempts=3, retry_backoff=0.04, on_error=lambda e, b: None)
+    d = BackgroundDispatcher[Any](flaky, ms_delay=1, max_attempts=3, retry_backoff=0.04, on_error=lambda e, b: None)
     d.enqueue("x")
     wait_until(lambda: len(calls) == 3, "two retries")
     assert [c[1] for c in calls] == [["x"]] * 3
@@ -274,7 +275,7 @@ def test_a_system_exit_in_the_dispatch_function_does_not_kill_the_worker(recorde
         if entries == ["exit"]:
             raise SystemExit(1)
 
-    d = BackgroundDispatcher(send, ms_delay=1, on_error=recorder.on_error)
+    d = BackgroundDispatcher[Any](send, ms_delay=1, on_error=recorder.on_error)
     d.enqueue("exit")
     assert d.flush(PATIENCE)
     d.enqueue("after")
@@ -290,7 +291,7 @@ def test_a_system_exit_in_the_dispatch_function_does_not_kill_the_worker(recorde
 def test_flush_and_close_report_deadlines() -> None:
     rec = Recorder()
     gate = Gate()
-    d = BackgroundDispatcher(gate, ms_delay=1, on_drop=rec.on_drop)
+    d = BackgroundDispatcher[Any](gate, ms_delay=1, on_drop=rec.on_drop)
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     d.enqueue("queued")
@@ -318,7 +319,7 @@ def test_flush_and_close_inside_the_dispatch_function_raise_at_once() -> None:
                 seen.append((type(exc), time.monotonic() - start))
         seen.append(d.enqueue("from inside"))
 
-    d = BackgroundDispatcher(send, ms_delay=1)
+    d = BackgroundDispatcher[Any](send, ms_delay=1)
     holder.append(d)
     d.enqueue("outside")
     wait_until(lambda: len(seen) >= 3, "the callback to try")
@@ -331,7 +332,7 @@ def test_flush_and_close_inside_the_dispatch_function_raise_at_once() -> None:
 
 
 def test_stats_are_consistent_snapshots() -> None:
-    d = BackgroundDispatcher(lambda e: None, ms_delay=1, max_queue_entries=500, overflow="drop_oldest")
+    d = BackgroundDispatcher[Any](lambda e: None, ms_delay=1, max_queue_entries=500, overflow="drop_oldest")
     stop = threading.Event()
     bad: list[DispatcherStats] = []
 
@@ -367,7 +368,7 @@ def test_async_dispatch_runs_on_the_loop_it_was_created_in() -> None:
         got.extend(entries)
 
     async def main() -> None:
-        d = BackgroundDispatcher(send, ms_delay=1)
+        d = BackgroundDispatcher[Any](send, ms_delay=1)
         d.enqueue_many(range(10))
         ticks = 0
 
@@ -399,7 +400,7 @@ def test_async_dispatch_without_a_running_loop_uses_a_private_loop() -> None:
         threads.append(threading.get_ident())
         await asyncio.sleep(0.001)
 
-    d = BackgroundDispatcher(send, ms_delay=1)
+    d = BackgroundDispatcher[Any](send, ms_delay=1)
     d.enqueue(1)
     assert d.flush(PATIENCE)
     assert threads and threads[0] != threading.get_ident()
@@ -424,7 +425,7 @@ def test_an_async_exception_is_reported(recorder: Recorder) -> None:
     async def send(entries: list[Any]) -> None:
         raise ValueError("async failure")
 
-    d = BackgroundDispatcher(send, ms_delay=1, on_error=recorder.on_error, on_drop=recorder.on_drop)
+    d = BackgroundDispatcher[Any](send, ms_delay=1, on_error=recorder.on_error, on_drop=recorder.on_drop)
     d.enqueue(1)
     assert d.flush(PATIENCE)
     assert isinstance(recorder.errors[0][0], ValueError)

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import weakref
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._background_dispatcher import DispatcherStats, ReentrantError, _BackgroundDispatcher, _begin_exit
 
@@ -41,9 +41,11 @@ class BackgroundDispatcher(_BackgroundDispatcher[T], Generic[T]):
 
     __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The work is done by the Rust __new__; this only enrols the dispatcher for exit.
-        _live.add(self)
+    if not TYPE_CHECKING:  # type checkers see the constructor's real signature, in the stub
+
+        def __init__(self, *args, **kwargs):
+            # The work is done by the Rust __new__; this only enrols the dispatcher for exit.
+            _live.add(self)
 
     def __enter__(self) -> BackgroundDispatcher[T]:
         return self
