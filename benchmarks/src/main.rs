@@ -350,6 +350,7 @@ fn latency(args: &Args) {
             let sink = make_sink(&name, p);
             let data = vec![0x5au8; size];
             let mut samples = vec![0u32; calls];
+            let mut faults = 0;
             let passes = args.number("passes", 3);
             for pass in 0..passes {
                 // The passes before the last warm up (buffers grown and faulted in).
@@ -365,11 +366,13 @@ fn latency(args: &Args) {
                         });
                     }
                     go.wait();
+                    let faults_before = thread_faults();
                     for slot in samples.iter_mut() {
                         let t0 = cycles();
                         sink.enqueue(0, black_box(&data));
                         *slot = (cycles() - t0).min(u64::from(u32::MAX)) as u32;
                     }
+                    faults = thread_faults() - faults_before;
                 });
                 if pass + 1 < passes {
                     continue;
@@ -379,15 +382,27 @@ fn latency(args: &Args) {
             let q = |f: f64| samples[((samples.len() as f64 - 1.0) * f) as usize] as f64 * scale;
             println!(
                 "{{\"bench\":\"latency\",\"sink\":\"{name}\",\"threads\":{p},\"size\":{size},\"p50\":{:.0},\
-                 \"p99\":{:.0},\"p999\":{:.0},\"p9999\":{:.0},\"max\":{:.0}}}",
+                 \"p99\":{:.0},\"p999\":{:.0},\"p9999\":{:.0},\"max\":{:.0},\"faults_per_1000\":{:.1}}}",
                 q(0.5),
                 q(0.99),
                 q(0.999),
                 q(0.9999),
-                q(1.0)
+                q(1.0),
+                faults as f64 * 1000.0 / calls as f64
             );
         }
     }
+}
+
+/// Page faults taken by the calling thread so far.
+fn thread_faults() -> i64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    usage.ru_minflt + usage.ru_majflt
 }
 
 fn resident_bytes() -> u64 {

@@ -116,6 +116,37 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// An emptied buffer kept for reuse, with its capacity and the extent of its resident pages.
+#[derive(Default)]
+pub(crate) struct Spare {
+    pub(crate) buf: Vec<u8>,
+    /// Bytes from the start of `buf` whose pages have been written (so are resident).
+    pub(crate) touched: usize,
+}
+
+impl Spare {
+    /// Makes room for at least `want` bytes with every page already written once, so that
+    /// filling it costs no page fault: a fault per 4 KiB costs about 0.4 ns per byte, more
+    /// than the enqueue itself, and is better paid by the worker than by a producer.
+    pub(crate) fn ready_for(&mut self, want: usize) {
+        const PAGE: usize = 4096;
+        self.buf.clear();
+        if self.buf.capacity() < want {
+            self.buf.reserve(want);
+        }
+        let end = want.min(self.buf.capacity());
+        if self.touched >= end {
+            return;
+        }
+        let spare = self.buf.spare_capacity_mut();
+        for i in (self.touched / PAGE * PAGE..end).step_by(PAGE) {
+            // SAFETY: `i` is inside the spare capacity; a volatile write is not optimised away.
+            unsafe { std::ptr::write_volatile(spare[i].as_mut_ptr(), 0) };
+        }
+        self.touched = end;
+    }
+}
+
 /// Records packed back to back in one buffer, read from `head`.
 ///
 /// Shards append at the back; the worker and evictions consume from the front. A buffer is
@@ -123,6 +154,9 @@ impl<'a> Batch<'a> {
 #[derive(Default)]
 pub(crate) struct Arena {
     buf: Vec<u8>,
+    /// How far into `buf` its pages have been written at least once (so are resident): past
+    /// this, a first write costs a page fault (see `Engine`'s `collect_shards`).
+    touched: usize,
     /// Offset of the oldest record not yet consumed.
     head: usize,
     /// Records from `head` to the end.
@@ -132,11 +166,13 @@ pub(crate) struct Arena {
 }
 
 impl Arena {
-    /// An empty arena that reuses `buf`'s capacity.
-    pub(crate) fn with_buffer(mut buf: Vec<u8>) -> Self {
+    /// An empty arena that reuses `spare`'s capacity.
+    pub(crate) fn with_buffer(spare: Spare) -> Self {
+        let Spare { mut buf, touched } = spare;
         buf.clear();
         Arena {
             buf,
+            touched,
             head: 0,
             entries: 0,
             bytes: 0,
@@ -144,8 +180,18 @@ impl Arena {
     }
 
     /// Gives the buffer back for reuse.
-    pub(crate) fn into_buffer(self) -> Vec<u8> {
-        self.buf
+    pub(crate) fn into_buffer(self) -> Spare {
+        Spare {
+            touched: self.touched.max(self.buf.len()),
+            buf: self.buf,
+        }
+    }
+
+    /// Empties the buffer, keeping its capacity (and what it knows of its pages).
+    fn reset(&mut self) {
+        self.touched = self.touched.max(self.buf.len());
+        self.buf.clear();
+        self.head = 0;
     }
 
     pub(crate) fn entries(&self) -> usize {
@@ -211,8 +257,7 @@ impl Arena {
         self.entries -= 1;
         self.bytes -= charge;
         if self.entries == 0 {
-            self.buf.clear();
-            self.head = 0;
+            self.reset();
         }
         Some(charge)
     }
@@ -246,8 +291,7 @@ impl Arena {
         self.entries -= entries;
         self.bytes -= bytes;
         if self.entries == 0 {
-            self.buf.clear();
-            self.head = 0;
+            self.reset();
         }
     }
 

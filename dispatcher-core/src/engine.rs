@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
-use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN};
+use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN, Spare};
 use crate::error::{BuildError, EnqueueError, FlushError, ShutdownError};
 use crate::options::{Options, Overflow};
 use crate::queue::{Approx, CachePadded, Pool, ShardCell, lock, shard_count, shard_index};
@@ -105,7 +105,7 @@ pub(crate) struct State {
     /// When the oldest backlog entry arrived (an `Inner` timestamp), if there is one.
     pub(crate) backlog_opened: u64,
     /// Emptied buffers, capacity kept, for the shards to fill next.
-    pub(crate) spare_buffers: Vec<Vec<u8>>,
+    pub(crate) spare_buffers: Vec<Spare>,
     /// The largest buffer recent batches needed, decaying (see `Flight::clear`).
     pub(crate) buffer_peak: usize,
     pub(crate) dispatched: u64,
@@ -718,7 +718,7 @@ impl Inner {
                 continue;
             }
             let mut spare = st.spare_buffers.pop().unwrap_or_default();
-            ready_for(&mut spare, cell.last_used.load(Ordering::Relaxed));
+            spare.ready_for(cell.last_used.load(Ordering::Relaxed));
             let mut shard = lock(&cell.shard);
             if shard.arena.is_empty() {
                 st.spare_buffers.push(spare);
@@ -864,22 +864,6 @@ impl Inner {
     }
 }
 
-/// Grows an empty `buf` to hold at least `want` bytes, touching the new pages (once; a
-/// buffer keeps its capacity, see `Flight::clear`).
-fn ready_for(buf: &mut Vec<u8>, want: usize) {
-    const PAGE: usize = 4096;
-    if buf.capacity() >= want {
-        return;
-    }
-    buf.clear();
-    buf.reserve(want);
-    let spare = buf.spare_capacity_mut();
-    for i in (0..spare.len()).step_by(PAGE) {
-        // SAFETY: `i` is inside the spare capacity; a volatile write is not optimised away.
-        unsafe { std::ptr::write_volatile(spare[i].as_mut_ptr(), 0) };
-    }
-}
-
 /// Why `Engine::enqueue_in` stopped short of appending.
 enum Stop {
     Refused(EnqueueError),
@@ -987,7 +971,7 @@ impl Flight {
     /// 4 KiB on first touch (about 0.4 ns per byte, more than the enqueue itself). Only a
     /// buffer far larger than what recent windows needed (`peak`, which decays by an eighth
     /// per batch) is dropped, so memory is returned some twenty windows after a burst.
-    pub(crate) fn clear(&mut self, spares: &mut Vec<Vec<u8>>, max_spares: usize, peak: &mut usize) {
+    pub(crate) fn clear(&mut self, spares: &mut Vec<Spare>, max_spares: usize, peak: &mut usize) {
         const RETAIN: usize = 64 << 10;
         self.entries.clear();
         let used = self
@@ -998,9 +982,9 @@ impl Flight {
             .unwrap_or(0);
         *peak = used.max(*peak - *peak / 8);
         for segment in self.segments.drain(..) {
-            let buf = segment.into_buffer();
-            if spares.len() < max_spares && buf.capacity() <= 4 * (*peak).max(RETAIN) {
-                spares.push(buf);
+            let spare = segment.into_buffer();
+            if spares.len() < max_spares && spare.buf.capacity() <= 4 * (*peak).max(RETAIN) {
+                spares.push(spare);
             }
         }
         (self.count, self.bytes, self.attempt, self.retry_at) = (0, 0, 0, None);
