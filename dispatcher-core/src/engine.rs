@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) idle: CachePadded<AtomicBool>,
     /// Set once by `shutdown` (or drop); later enqueues get `Closed`.
     pub(crate) closed: AtomicBool,
+    /// The worker has exited (`State::worker_done`, readable without the lock).
+    pub(crate) finished: AtomicBool,
     pub(crate) rejected: AtomicU64,
     pub(crate) state: Mutex<State>,
     /// Signalled when a round ends (flush), when the worker exits (shutdown).
@@ -471,23 +473,54 @@ impl Engine {
     }
 
     pub(crate) fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
+        let ticket = self.request_flush()?;
+        self.wait_flush(ticket, timeout)
+    }
+
+    /// Asks the worker for a round covering everything accepted so far; the ticket to wait
+    /// on (0: nothing to wait for).
+    pub(crate) fn request_flush(&self) -> Result<u64, FlushError> {
+        let inner = self.inner();
+        if inner.on_worker_thread() {
+            return Err(FlushError::Reentrant);
+        }
+        let mut st = lock(&inner.state);
+        if inner.worker.get().is_none() || st.worker_done || inner.is_empty(&st) {
+            return Ok(0); // nothing accepted is still queued or in flight
+        }
+        st.flush_requested += 1;
+        inner.wake_worker();
+        Ok(st.flush_requested)
+    }
+
+    /// Waits until the round of `ticket` is done.
+    pub(crate) fn wait_flush(
+        &self,
+        ticket: u64,
+        timeout: Option<Duration>,
+    ) -> Result<(), FlushError> {
         let inner = self.inner();
         if inner.on_worker_thread() {
             return Err(FlushError::Reentrant);
         }
         let deadline = deadline_after(timeout);
-        let mut st = lock(&inner.state);
-        if inner.worker.get().is_none() || st.worker_done || inner.is_empty(&st) {
-            return Ok(()); // nothing accepted is still queued or in flight
-        }
-        st.flush_requested += 1;
-        let ticket = st.flush_requested;
-        inner.wake_worker();
+        let st = lock(&inner.state);
         wait_until(&inner.state_cv, st, deadline, |st| {
             st.flush_done >= ticket || st.worker_done
         })
         .map(drop)
         .map_err(|_| FlushError::Timeout)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner().closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the dispatcher is shut down and its worker has finished (or never started).
+    pub(crate) fn is_finished(&self) -> bool {
+        let inner = self.inner();
+        inner.finished.load(Ordering::Acquire)
+            || (inner.closed.load(Ordering::Acquire) && inner.worker.get().is_none())
     }
 
     pub(crate) fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
@@ -618,6 +651,7 @@ impl Inner {
             approx: Approx::new(o.max_batch_entries, o.max_batch_bytes, shards),
             idle: CachePadded(AtomicBool::new(false)),
             closed: AtomicBool::new(closed),
+            finished: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
             state: Mutex::new(State {
                 backlog: VecDeque::new(),

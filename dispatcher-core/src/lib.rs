@@ -124,6 +124,10 @@ impl Stats {
     }
 }
 
+/// A flush request, to wait on with [`Dispatcher::wait_flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushTicket(u64);
+
 /// Configures and starts a [`Dispatcher`].
 pub struct Builder {
     ms_delay: Duration,
@@ -232,6 +236,34 @@ impl Dispatcher {
     /// retry keeps its backoff. `None` waits without a deadline.
     pub fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
         self.engine.flush(timeout)
+    }
+
+    /// The first half of `flush`: asks for the round and returns a ticket for
+    /// [`Dispatcher::wait_flush`]. For callers that wait in slices (to stay responsive to
+    /// signals): waiting on one ticket covers what was accepted before this call only, where
+    /// repeated `flush` calls would each take in newer entries.
+    pub fn request_flush(&self) -> Result<FlushTicket, FlushError> {
+        self.engine.request_flush().map(FlushTicket)
+    }
+
+    /// The second half of `flush`: waits up to `timeout` for the round of `ticket`.
+    pub fn wait_flush(
+        &self,
+        ticket: FlushTicket,
+        timeout: Option<Duration>,
+    ) -> Result<(), FlushError> {
+        self.engine.wait_flush(ticket.0, timeout)
+    }
+
+    /// Whether a shutdown has begun (enqueues get `Closed`). Never blocks.
+    pub fn is_closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+
+    /// Whether the dispatcher is shut down and everything it accepted has been dispatched or
+    /// dropped (its worker has finished). Never blocks.
+    pub fn is_finished(&self) -> bool {
+        self.engine.is_finished()
     }
 
     /// Stops accepting entries (later enqueues get `Closed`), dispatches everything queued at

@@ -320,6 +320,7 @@ impl Drop for ExitGuard<'_> {
         let mut st = lock(&self.0.state);
         st.worker_done = true;
         st.flush_done = st.flush_requested;
+        self.0.finished.store(true, Ordering::Release);
         self.0.state_cv.notify_all();
     }
 }

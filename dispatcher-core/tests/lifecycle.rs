@@ -356,3 +356,35 @@ fn wait_shutdown_alone_closes_and_drains() {
     assert_eq!(rec.delivered(), vec![entry(1)]);
     assert_eq!(d.enqueue(b"late"), Err(EnqueueError::Closed));
 }
+
+#[test]
+fn a_flush_ticket_covers_what_was_accepted_before_it_only() {
+    let (rec, gate) = (Recorder::new(), Gate::new());
+    let (r, g) = (rec.clone(), gate.clone());
+    let d = Dispatcher::builder(HOUR)
+        .build(move |batch| {
+            g.pass();
+            r.record(batch);
+            Ok(())
+        })
+        .unwrap();
+    d.enqueue(&entry(1)).unwrap();
+    let ticket = d.request_flush().unwrap();
+    gate.wait_for_holder();
+    d.enqueue(&entry(2)).unwrap(); // after the ticket: not covered, waits for its window
+    assert_eq!(
+        d.wait_flush(ticket, Some(Duration::from_millis(20))),
+        Err(FlushError::Timeout)
+    );
+    assert!(!d.is_finished());
+    gate.open();
+    d.wait_flush(ticket, None).unwrap();
+    assert_eq!(
+        rec.delivered(),
+        vec![entry(1)],
+        "entry 2 came after the ticket: its window is an hour"
+    );
+    d.shutdown(None).unwrap();
+    assert!(d.is_finished());
+    assert_eq!(rec.delivered(), vec![entry(1), entry(2)]);
+}

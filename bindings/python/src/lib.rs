@@ -112,8 +112,18 @@ fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     } else {
         Python::try_attach(f)
     };
-    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    // Saturating: a callback that forked leaves here in the child, where the count was reset.
+    let _ = ACTIVE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     result
+}
+
+/// Dispatchers dropped on the thread of the event loop their batches run on: that thread
+/// cannot wait for them, so they finish in the background, kept here until they do, and at
+/// interpreter exit they are closed like the live ones (`_close_orphans`).
+static ORPHANS: Mutex<Vec<Dispatcher>> = Mutex::new(Vec::new());
+
+fn orphans() -> std::sync::MutexGuard<'static, Vec<Dispatcher>> {
+    ORPHANS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The Python side of the callbacks: a `background_dispatcher._runner.Runner` holding the
@@ -502,7 +512,9 @@ impl PyDispatcher {
             retry_backoff: seconds("retry_backoff", retry_backoff, false)?,
             retry_backoff_max: seconds("retry_backoff_max", retry_backoff_max, false)?,
         };
-        let ms_delay = Duration::from_secs_f64(ms_delay / 1000.0);
+        let ms_delay = Duration::try_from_secs_f64(ms_delay / 1000.0).map_err(|_| {
+            PyValueError::new_err(format!("ms_delay is too large: {} ms", ms_delay))
+        })?;
         options
             .validate(ms_delay)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -582,10 +594,14 @@ impl PyDispatcher {
         self.check_not_on_loop(py, "flush")?;
         let deadline = deadline(timeout)?;
         let core = self.core();
-        match wait_in_slices(py, deadline, |slice| match core.flush(Some(slice)) {
-            Ok(()) => Ok(true),
-            Err(FlushError::Timeout) => Ok(false),
-            Err(err) => Err(err),
+        // One ticket, waited on in slices: each new `flush` would take in newer entries too.
+        let ticket = core.request_flush().map_err(|_| reentrant("flush"))?;
+        match wait_in_slices(py, deadline, |slice| {
+            match core.wait_flush(ticket, Some(slice)) {
+                Ok(()) => Ok(true),
+                Err(FlushError::Timeout) => Ok(false),
+                Err(err) => Err(err),
+            }
         })? {
             Ok(done) => Ok(done),
             Err(_) => Err(reentrant("flush")),
@@ -639,6 +655,17 @@ impl PyDispatcher {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // While a closed dispatcher still drains, its worker uses the runner: not reporting it
+        // makes the collector see it as referenced from outside, so the cycle it is in stays
+        // alive (and is collected on a later pass, once drained) instead of being cleared
+        // under the worker's feet.
+        if self
+            .core
+            .as_ref()
+            .is_some_and(|c| c.is_closed() && !c.is_finished())
+        {
+            return Ok(());
+        }
         // Whoever holds this lock is attached, and the collector is too: it cannot be held now.
         if let Ok(runner) = self.shared.runner.try_lock() {
             if let Some(runner) = runner.as_ref() {
@@ -648,13 +675,11 @@ impl PyDispatcher {
         Ok(())
     }
 
-    fn __clear__(&self, py: Python<'_>) {
-        // `__del__` has closed the dispatcher already; make sure, while the callbacks are
-        // still there to deliver the queue.
-        if let Some(core) = self.core.as_ref() {
-            if core.begin_shutdown().is_ok() {
-                let _ = py.detach(|| core.wait_shutdown(None));
-            }
+    fn __clear__(&self) {
+        // Only a drained dispatcher may lose its callbacks (see `__traverse__`). `__del__`
+        // has begun the shutdown; the drop waits for the rest.
+        if self.core.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
         }
         self.shared
             .runner
@@ -669,7 +694,11 @@ impl Drop for PyDispatcher {
         let Some(core) = self.core.take() else { return };
         if self.loop_thread == Some(thread::current().id()) {
             // The worker may need this very thread's event loop to finish: never wait here.
-            core.detach();
+            // Kept until it has finished, and closed at interpreter exit if it has not.
+            let _ = core.begin_shutdown();
+            let mut orphans = orphans();
+            orphans.retain(|o| !o.is_finished()); // dropping a finished one does not wait
+            orphans.push(core);
             return;
         }
         // Dropping waits for the worker, which may need the GIL for a last batch. If Python
@@ -677,6 +706,25 @@ impl Drop for PyDispatcher {
         // without it: no worker calls into Python by then (`EXITING`).
         let _ = Python::try_attach(|py| py.detach(|| drop(core)));
     }
+}
+
+/// Called by the module's exit hook: closes the dispatchers that were dropped on their event
+/// loop's thread and have not finished, within `timeout` seconds in all (what is still queued
+/// at the deadline goes to `on_drop` as "shutdown_timeout").
+#[pyfunction]
+fn _close_orphans(py: Python<'_>, timeout: f64) {
+    let deadline = Instant::now() + Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    let pending = std::mem::take(&mut *orphans());
+    py.detach(move || {
+        for orphan in pending {
+            let _ = orphan.shutdown(Some(deadline.saturating_duration_since(Instant::now())));
+            if orphan.is_finished() {
+                drop(orphan);
+            } else {
+                orphan.detach(); // a callback still runs past the deadline: never wait for it
+            }
+        }
+    });
 }
 
 /// Called by the module's exit hook after closing every dispatcher: from now on no worker
@@ -705,5 +753,6 @@ fn _background_dispatcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStats>()?;
     m.add("ReentrantError", m.py().get_type::<ReentrantError>())?;
     m.add_function(wrap_pyfunction!(_begin_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(_close_orphans, m)?)?;
     Ok(())
 }

@@ -18,7 +18,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._background_dispatcher import DispatcherStats, ReentrantError, _BackgroundDispatcher, _begin_exit
+from ._background_dispatcher import DispatcherStats, ReentrantError, _BackgroundDispatcher, _begin_exit, _close_orphans
+from ._runner import in_batch
 
 __all__ = ["BackgroundDispatcher", "DispatcherStats", "ReentrantError", "exit_timeout"]
 
@@ -61,18 +62,20 @@ class BackgroundDispatcher(_BackgroundDispatcher[T], Generic[T]):
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush`` for asyncio code: waits on a helper thread, never blocking the loop."""
+        if in_batch():
+            raise ReentrantError("aflush() inside the dispatch function would wait for itself")
         return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
     async def aclose(self, timeout: float | None = None) -> bool:
         """``close`` for asyncio code: waits on a helper thread, never blocking the loop."""
+        if in_batch():
+            raise ReentrantError("aclose() inside the dispatch function would wait for itself")
         return await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
 
     def __del__(self) -> None:
-        # Unreachable: deliver what is queued. On the event loop that runs the batches waiting
-        # would deadlock, so there the worker finishes alone.
+        # Unreachable: stop accepting; the drop that follows waits for the delivery (except
+        # where it cannot: on the event loop the batches run on, or after a close deadline).
         try:
-            self.close()
-        except ReentrantError:
             self._close_nowait()
         except BaseException:  # noqa: BLE001 - never raise from __del__
             pass
@@ -87,6 +90,7 @@ def _close_all() -> None:
             dispatcher.close(timeout=max(0.0, deadline - time.monotonic()))
         except BaseException:  # noqa: BLE001 - one dispatcher must not stop the others
             pass
+    _close_orphans(max(0.0, deadline - time.monotonic()))
     _begin_exit(max(0.0, deadline - time.monotonic()))
 
 

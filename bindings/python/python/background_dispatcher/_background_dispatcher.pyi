@@ -6,7 +6,7 @@ from typing import Any, Generic, Literal, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["_BackgroundDispatcher", "DispatcherStats", "ReentrantError", "_begin_exit"]
+__all__ = ["_BackgroundDispatcher", "DispatcherStats", "ReentrantError", "_begin_exit", "_close_orphans"]
 
 _T = TypeVar("_T")
 
@@ -125,3 +125,4 @@ class _BackgroundDispatcher(Generic[_T]):
         """A consistent snapshot of the counters."""
 
 def _begin_exit(timeout: float) -> bool: ...
+def _close_orphans(timeout: float) -> None: ...

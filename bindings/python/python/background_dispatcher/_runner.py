@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import logging
+import os
 import threading
 from typing import Any, Callable, Optional
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "in_batch"]
 
 log = logging.getLogger("background_dispatcher")
 
@@ -21,14 +23,28 @@ log = logging.getLogger("background_dispatcher")
 _LOOP_CHECK_SECONDS = 0.25
 
 
+#: Set while an async dispatch function runs, so that ``aflush``/``aclose`` from inside it
+#: refuse (they would wait for the very batch that awaits them).
+_IN_BATCH: contextvars.ContextVar[bool] = contextvars.ContextVar("background_dispatcher_in_batch", default=False)
+
+
+def in_batch() -> bool:
+    return _IN_BATCH.get()
+
+
 async def _await(awaitable: Any) -> Any:
+    _IN_BATCH.set(True)  # in this batch's task context only
     return await awaitable
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 class Runner:
     """Calls the dispatch function and the error/drop hooks of one dispatcher."""
 
-    __slots__ = ("fn", "on_error", "on_drop", "app_loop", "_private_loop", "_lock")
+    __slots__ = ("fn", "on_error", "on_drop", "app_loop", "_private_loop", "_lock", "_pid")
 
     def __init__(
         self,
@@ -39,17 +55,29 @@ class Runner:
         self.fn = fn
         self.on_error = on_error
         self.on_drop = on_drop
-        try:
-            # Created inside a running loop: async batches run there, next to the app's
-            # client sessions.
-            self.app_loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
-        except RuntimeError:
-            self.app_loop = None
+        self.app_loop: Optional[asyncio.AbstractEventLoop] = None
+        if _is_async(fn):
+            try:
+                # Created inside a running loop: async batches run there, next to the app's
+                # client sessions. (A sync function is not tied to any loop.)
+                self.app_loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
         self._private_loop: Optional[asyncio.AbstractEventLoop] = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _forget_loops_after_fork(self) -> None:
+        """In a fork child, the parent's loops (and their selectors) are the parent's: leave
+        them unused and unclosed, and run batches on a private loop of the child's own."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.app_loop = None
+            self._private_loop = None
 
     def dispatch(self, entries: list[Any]) -> bool:
         """Delivers one batch; False if the dispatch function raised (already reported)."""
+        self._forget_loops_after_fork()
         try:
             result = self.fn(entries)
             if inspect.isawaitable(result):
@@ -68,6 +96,7 @@ class Runner:
             log.exception("on_drop raised (%d entries dropped, reason %r)", len(entries), reason)
 
     def loop_is_running(self) -> bool:
+        self._forget_loops_after_fork()
         return self.app_loop is not None and self.app_loop.is_running()
 
     def close(self) -> None:

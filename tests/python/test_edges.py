@@ -1,0 +1,178 @@
+"""Edge cases found in review: each test failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from background_dispatcher import BackgroundDispatcher, ReentrantError
+from conftest import CRASH_MARKERS, PATIENCE, run_python, wait_until
+
+
+def test_flush_covers_what_was_accepted_before_it_even_under_a_steady_stream() -> None:
+    # Waiting in slices must not take a new flush per slice (each would take newer entries).
+    def slow(entries: list[Any]) -> None:
+        time.sleep(0.1)
+
+    d = BackgroundDispatcher[Any](slow, ms_delay=1000)
+    stop = threading.Event()
+
+    def produce() -> None:
+        while not stop.is_set():
+            d.enqueue(1)
+            time.sleep(0.001)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        d.enqueue(0)
+        start = time.monotonic()
+        assert d.flush(timeout=PATIENCE)
+        assert time.monotonic() - start < PATIENCE / 2
+    finally:
+        stop.set()
+        producer.join()
+        d.close()
+
+
+def test_a_huge_ms_delay_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="ms_delay"):
+        BackgroundDispatcher[Any](len, ms_delay=1e30)
+
+
+def test_a_sync_dispatch_function_created_in_a_loop_is_not_tied_to_it() -> None:
+    got: list[Any] = []
+
+    async def main() -> None:
+        with BackgroundDispatcher[Any](got.extend, ms_delay=60_000) as d:
+            d.enqueue("x")
+        # Leaving the block closed it (blocking close on the loop thread is fine here).
+
+    asyncio.run(main())
+    assert got == ["x"]
+
+
+def test_aflush_and_aclose_inside_an_async_dispatch_function_refuse() -> None:
+    outcomes: list[str] = []
+    holder: list[BackgroundDispatcher[Any]] = []
+
+    async def send(entries: list[Any]) -> None:
+        for call in (holder[0].aflush, holder[0].aclose):
+            try:
+                await asyncio.wait_for(call(), 5)
+                outcomes.append("returned")
+            except ReentrantError:
+                outcomes.append("refused")
+            except asyncio.TimeoutError:
+                outcomes.append("deadlocked")
+
+    async def main() -> None:
+        d = BackgroundDispatcher[Any](send, ms_delay=1)
+        holder.append(d)
+        d.enqueue(1)
+        await d.aflush(PATIENCE)
+        holder.clear()
+        await d.aclose(PATIENCE)
+
+    asyncio.run(main())
+    assert outcomes == ["refused", "refused"]
+
+
+def test_del_after_a_timed_out_close_does_not_wait_again() -> None:
+    release = threading.Event()
+
+    def stuck(entries: list[Any]) -> None:
+        release.wait(PATIENCE)
+
+    d = BackgroundDispatcher[Any](stuck, ms_delay=1)
+    d.enqueue(1)
+    wait_until(lambda: d.stats.in_flight_entries == 1, "the batch to be in flight")
+    assert d.close(timeout=0.05) is False
+    start = time.monotonic()
+    del d
+    assert time.monotonic() - start < 2, "dropping waited for a stuck dispatch function"
+    release.set()
+
+
+def test_a_dispatcher_dropped_on_its_loop_thread_still_delivers_at_exit(tmp_path: Path) -> None:
+    out = tmp_path / "delivered.txt"
+    proc = run_python(f"""
+        import asyncio
+        from background_dispatcher import BackgroundDispatcher
+
+        async def send(entries):
+            with open({str(out)!r}, "a") as f:
+                f.writelines(f"{{e}}\\n" for e in entries)
+
+        async def main():
+            d = BackgroundDispatcher(send, ms_delay=60_000, max_batch_entries=1)
+            for i in range(5):
+                d.enqueue(i)
+            del d  # on the loop thread: cannot wait here
+
+        asyncio.run(main())
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(m in proc.stdout + proc.stderr for m in CRASH_MARKERS)
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(5))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> None:
+    # Forked while the private loop runs a batch, and once from inside a coroutine.
+    proc = run_python("""
+        import asyncio, json, os, threading
+        from background_dispatcher import BackgroundDispatcher
+
+        started, release = threading.Event(), threading.Event()
+        received = []
+
+        async def send(entries):
+            if entries == ["hold"]:
+                started.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.005)
+            received.extend(entries)
+
+        d = BackgroundDispatcher(send, ms_delay=1)
+        d.enqueue("hold")
+        assert started.wait(20)
+        results = {}
+        pid = os.fork()
+        if pid == 0:
+            child = []
+            async def csend(entries):
+                child.extend(entries)
+            received.clear()
+            ok = [d.enqueue(i) for i in range(3)]
+            closed = d.close(timeout=10)
+            os._exit(0 if closed and all(ok) and sorted(received) == [0, 1, 2] else 1)
+        release.set()
+        _, status = os.waitpid(pid, 0)
+        results["private_loop_child"] = os.waitstatus_to_exitcode(status)
+
+        async def main():
+            d2 = BackgroundDispatcher(send, ms_delay=1)
+            pid = os.fork()
+            if pid == 0:
+                received.clear()
+                d2.enqueue("c")
+                ok = d2.flush(timeout=10)
+                os._exit(0 if ok and received == ["c"] else 1)
+            _, status = os.waitpid(pid, 0)
+            results["app_loop_child"] = os.waitstatus_to_exitcode(status)
+            await d2.aclose(10)
+
+        asyncio.run(main())
+        d.close(10)
+        print(json.dumps(results))
+    """, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"private_loop_child": 0, "app_loop_child": 0}
