@@ -13,15 +13,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// A dispatcher whose first batch (entry 0) is held at `gate`, so that later entries queue up.
 fn held(options: Options, rec: &Arc<Recorder>, gate: &Arc<Gate>) -> Dispatcher {
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
         .options(options)
         .on_drop(rec.on_drop())
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(gate))
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();
@@ -319,7 +314,6 @@ fn try_enqueue_reports_would_block_without_counting_a_rejection() {
 #[test]
 fn block_never_waits_on_a_never_block_thread() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
         .options(Options {
             max_queue_entries: 1,
@@ -328,11 +322,7 @@ fn block_never_waits_on_a_never_block_thread() {
             ..Options::default()
         })
         .never_block_on(std::thread::current().id())
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(&gate))
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();

@@ -40,13 +40,8 @@ fn flush_dispatches_at_once_and_waits_for_everything_accepted_before() {
 #[test]
 fn flush_times_out_while_the_dispatch_function_is_stuck() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(&gate))
         .unwrap();
     d.enqueue(&entry(1)).unwrap();
     gate.wait_for_holder();
@@ -102,14 +97,9 @@ fn concurrent_shutdowns_all_return_after_the_drain() {
 #[test]
 fn a_shutdown_deadline_abandons_the_queue_to_on_drop_on_the_calling_thread() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
         .on_drop(rec.on_drop())
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(&gate))
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();
@@ -298,14 +288,9 @@ fn dropping_the_last_handle_inside_the_callback_is_deferred() {
 #[test]
 fn a_shutdown_can_be_begun_and_waited_for_in_slices_without_abandoning() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
         .on_drop(rec.on_drop())
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(&gate))
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();
@@ -327,13 +312,8 @@ fn a_shutdown_can_be_begun_and_waited_for_in_slices_without_abandoning() {
 #[test]
 fn detach_returns_at_once_and_the_worker_delivers_everything() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
     let d = Dispatcher::builder(Duration::from_millis(1))
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
+        .build(rec.gated(&gate))
         .unwrap();
     d.enqueue(&entry(0)).unwrap();
     gate.wait_for_holder();
@@ -360,14 +340,7 @@ fn wait_shutdown_alone_closes_and_drains() {
 #[test]
 fn a_flush_ticket_covers_what_was_accepted_before_it_only() {
     let (rec, gate) = (Recorder::new(), Gate::new());
-    let (r, g) = (rec.clone(), gate.clone());
-    let d = Dispatcher::builder(HOUR)
-        .build(move |batch| {
-            g.pass();
-            r.record(batch);
-            Ok(())
-        })
-        .unwrap();
+    let d = Dispatcher::builder(HOUR).build(rec.gated(&gate)).unwrap();
     d.enqueue(&entry(1)).unwrap();
     let ticket = d.request_flush().unwrap();
     gate.wait_for_holder();

@@ -80,6 +80,19 @@ impl Recorder {
         }
     }
 
+    /// A dispatch function that waits at `gate`, then records and succeeds.
+    pub fn gated(
+        self: &Arc<Self>,
+        gate: &Arc<Gate>,
+    ) -> impl FnMut(&Batch<'_>) -> DispatchResult + Send + 'static {
+        let (me, gate) = (Arc::clone(self), Arc::clone(gate));
+        move |batch| {
+            gate.pass();
+            me.record(batch);
+            Ok(())
+        }
+    }
+
     /// An `on_drop` that records.
     pub fn on_drop(self: &Arc<Self>) -> impl Fn(&Batch<'_>, DropReason) + Send + Sync + 'static {
         let me = Arc::clone(self);
