@@ -8,8 +8,9 @@
 //!   `flush` and `shutdown` do not wait;
 //! - a failed batch is retried, after its backoff, before anything newer (per-thread order).
 //!
-//! The worker sleeps in `park`, with a deadline only while something is queued. Producers
-//! unpark it once per window and once per full batch, never per entry.
+//! The worker sleeps in `park`, with a deadline only while something is queued. With nothing
+//! queued it marks itself idle, and the producer of the next first entry unparks it; a
+//! producer also unparks it when a batch fills up. Never once per entry.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
