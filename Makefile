@@ -87,6 +87,11 @@ lint: ## rustfmt and clippy
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python
 
+.PHONY: doc
+doc: ## Rust API docs (cargo doc, warnings are errors) into target/doc
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --package dispatcher-core --package dispatcher-ffi
+	@echo "open target/doc/dispatcher_core/index.html"
+
 .PHONY: clean
 clean: ## Remove build output (keeps .venv)
 	cargo clean

@@ -146,6 +146,28 @@ impl Builder {
     /// Receives the entries that leave the queue without a successful dispatch, with the
     /// reason. It may run on any thread (see [`DropReason`]), possibly while the dispatch
     /// function runs; a panic in it is caught and ignored.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use dispatcher_core::{Dispatcher, DropReason, Options};
+    ///
+    /// let failed = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&failed);
+    /// let dispatcher = Dispatcher::builder(Duration::from_millis(10))
+    ///     .options(Options { max_attempts: 1, ..Options::default() })
+    ///     .on_drop(move |batch, reason| {
+    ///         assert_eq!(reason, DropReason::Failed);
+    ///         counter.fetch_add(batch.len(), Ordering::Relaxed);
+    ///     })
+    ///     .build(|_batch| Err("collector unreachable".into()))?;
+    /// dispatcher.enqueue(b"lost, but not silently")?;
+    /// dispatcher.shutdown(None)?;
+    /// assert_eq!(failed.load(Ordering::Relaxed), 1);
+    /// assert_eq!(dispatcher.stats().failed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_drop<F>(mut self, on_drop: F) -> Self
     where
         F: Fn(&Batch<'_>, DropReason) + Send + Sync + 'static,
@@ -204,6 +226,21 @@ impl Dispatcher {
 
     /// Copies `data` into the queue. Never blocks, except with [`Overflow::Block`] on a full
     /// queue (and never inside the dispatch function).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dispatcher_core::{Dispatcher, EnqueueError, Options};
+    ///
+    /// let dispatcher = Dispatcher::builder(Duration::from_millis(10))
+    ///     .options(Options { max_queue_bytes: 16, ..Options::default() })
+    ///     .build(|_batch| Ok(()))?;
+    /// assert_eq!(dispatcher.enqueue(b"GET /health 200"), Ok(()));
+    /// assert_eq!(dispatcher.enqueue(&[0; 17]), Err(EnqueueError::TooLarge));
+    /// dispatcher.shutdown(None)?;
+    /// assert_eq!(dispatcher.enqueue(b"too late"), Err(EnqueueError::Closed));
+    /// assert_eq!(dispatcher.stats().rejected, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn enqueue(&self, data: &[u8]) -> Result<(), EnqueueError> {
         self.engine.enqueue(data, data.len(), true)
@@ -212,6 +249,32 @@ impl Dispatcher {
     /// Like [`Dispatcher::enqueue`], but never waits: where [`Overflow::Block`] would wait for
     /// room it returns [`EnqueueError::WouldBlock`] instead, and counts nothing, so that the
     /// caller can prepare (say, release a lock) and call `enqueue`.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use dispatcher_core::{Dispatcher, EnqueueError, Options, Overflow};
+    ///
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let (started, first_batch) = mpsc::channel::<()>();
+    /// let options = Options { max_queue_entries: 1, overflow: Overflow::Block, ..Options::default() };
+    /// let dispatcher = Dispatcher::builder(Duration::from_millis(1))
+    ///     .options(options)
+    ///     .build(move |_batch| {
+    ///         let _ = started.send(());
+    ///         let _ = gate.recv(); // hold the worker until released
+    ///         Ok(())
+    ///     })?;
+    /// dispatcher.enqueue(b"in flight")?;
+    /// first_batch.recv()?;
+    /// dispatcher.enqueue(b"queued")?; // the queue is now full
+    /// assert_eq!(dispatcher.try_enqueue(b"would wait"), Err(EnqueueError::WouldBlock));
+    /// assert_eq!(dispatcher.stats().rejected, 0); // WouldBlock is not a rejection
+    /// drop(release);
+    /// dispatcher.shutdown(None)?;
+    /// assert_eq!(dispatcher.stats().dispatched, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_enqueue(&self, data: &[u8]) -> Result<(), EnqueueError> {
         self.engine.enqueue(data, data.len(), false)
@@ -234,6 +297,20 @@ impl Dispatcher {
     /// Dispatches what is queued now, without waiting for the window, and waits until every
     /// entry accepted before this call has been dispatched or dropped. A batch waiting for a
     /// retry keeps its backoff. `None` waits without a deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dispatcher_core::Dispatcher;
+    ///
+    /// // A long window: without the flush, these entries would wait an hour.
+    /// let dispatcher = Dispatcher::builder(Duration::from_secs(3600)).build(|_batch| Ok(()))?;
+    /// for i in 0..100u32 {
+    ///     dispatcher.enqueue(&i.to_le_bytes())?;
+    /// }
+    /// dispatcher.flush(Some(Duration::from_secs(10)))?;
+    /// assert_eq!(dispatcher.stats().dispatched, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush(&self, timeout: Option<Duration>) -> Result<(), FlushError> {
         self.engine.flush(timeout)
     }
@@ -242,6 +319,24 @@ impl Dispatcher {
     /// [`Dispatcher::wait_flush`]. For callers that wait in slices (to stay responsive to
     /// signals): waiting on one ticket covers what was accepted before this call only, where
     /// repeated `flush` calls would each take in newer entries.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dispatcher_core::{Dispatcher, FlushError};
+    ///
+    /// let dispatcher = Dispatcher::builder(Duration::from_secs(3600)).build(|_batch| Ok(()))?;
+    /// dispatcher.enqueue(b"entry")?;
+    /// let ticket = dispatcher.request_flush()?;
+    /// loop {
+    ///     match dispatcher.wait_flush(ticket, Some(Duration::from_millis(50))) {
+    ///         Ok(()) => break,
+    ///         Err(FlushError::Timeout) => { /* check for signals, then wait again */ }
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// assert_eq!(dispatcher.stats().dispatched, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn request_flush(&self) -> Result<FlushTicket, FlushError> {
         self.engine.request_flush().map(FlushTicket)
     }
@@ -270,6 +365,31 @@ impl Dispatcher {
     /// once, and waits for it. At the deadline, entries still queued are handed to `on_drop`
     /// as [`DropReason::ShutdownTimeout`] on this thread, the batch in flight is left to
     /// finish (without further retries), and `Timeout` is returned. Idempotent, thread-safe.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use dispatcher_core::{Dispatcher, DropReason, ShutdownError};
+    ///
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let (started, first_batch) = mpsc::channel::<()>();
+    /// let (dropped_tx, dropped) = mpsc::channel::<(usize, DropReason)>();
+    /// let dispatcher = Dispatcher::builder(Duration::from_millis(1))
+    ///     .on_drop(move |batch, reason| { let _ = dropped_tx.send((batch.len(), reason)); })
+    ///     .build(move |_batch| {
+    ///         let _ = started.send(());
+    ///         let _ = gate.recv(); // a stuck collector
+    ///         Ok(())
+    ///     })?;
+    /// dispatcher.enqueue(b"in flight")?;
+    /// first_batch.recv()?;
+    /// dispatcher.enqueue(b"still queued")?;
+    /// let result = dispatcher.shutdown(Some(Duration::from_millis(100)));
+    /// assert_eq!(result, Err(ShutdownError::Timeout));
+    /// assert_eq!(dropped.recv()?, (1, DropReason::ShutdownTimeout));
+    /// drop(release); // the batch in flight still finishes
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
         self.engine.shutdown(timeout)
     }
@@ -295,6 +415,19 @@ impl Dispatcher {
     }
 
     /// A consistent snapshot of the counters. Briefly takes every shard lock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dispatcher_core::Dispatcher;
+    ///
+    /// let dispatcher = Dispatcher::builder(Duration::from_millis(10)).build(|_batch| Ok(()))?;
+    /// dispatcher.enqueue(b"a")?;
+    /// dispatcher.enqueue(b"b")?;
+    /// let stats = dispatcher.stats();
+    /// assert_eq!(stats.enqueued, 2);
+    /// assert!(stats.is_consistent()); // enqueued = dispatched + ... + queued + in flight
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.engine.stats()
     }
