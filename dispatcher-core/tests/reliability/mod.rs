@@ -201,8 +201,19 @@ impl Drop for Watchdog {
     }
 }
 
-/// This process's resident memory in bytes (`VmRSS` of /proc/self/status).
+/// This process's resident memory in bytes (`VmRSS` of /proc/self/status), after asking the
+/// allocator to give its free pages back.
+///
+/// Without that, the figure would count memory the program already freed: glibc keeps freed
+/// chunks (the old copy of a vector that grew, say) and raises its mmap threshold after a
+/// large free, so the same program shows tens of MiB more or less depending on what ran
+/// before. What the dispatcher holds is what is still resident once the free pages are gone.
 pub fn resident_bytes() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let line = status
         .lines()
