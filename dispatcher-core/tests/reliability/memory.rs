@@ -102,12 +102,13 @@ pub fn run(overflow: Overflow) {
         plug_delivered: 0,
         other_drops: 0,
     }));
+    // (A value the compiler cannot see is 0, so that the writes that fault the pages in stay.)
     outcomes
         .lock()
         .unwrap()
         .fate
         .iter_mut()
-        .for_each(|f| *f = 0);
+        .for_each(|f| *f = std::hint::black_box(0));
     // Per producer: which of its entries were accepted (1) or not (0), written in place.
     let mut accepted_flags: Vec<Vec<u8>> =
         (0..PRODUCERS).map(|_| vec![2u8; PER_PRODUCER]).collect();
