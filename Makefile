@@ -59,11 +59,17 @@ python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: check-header test-rust test-c test-python ## Run every test (what CI runs)
+test: check-header test-rust test-reliability-rust test-c test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
 	cargo test --quiet
+
+# Debug build, like test-rust (debug assertions on); --nocapture shows each check's figures.
+# BD_TEST_SEED=<n> replays a run's random choices (each check prints its seed).
+.PHONY: test-reliability-rust
+test-reliability-rust: ## Reliability suite, Rust side: load, random shutdowns, faults, bounded memory (~15 s)
+	cargo test --quiet --package dispatcher-core --test 'reliability_*' -- --nocapture
 
 .PHONY: test-c
 test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind

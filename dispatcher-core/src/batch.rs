@@ -11,6 +11,10 @@ use std::ops::Range;
 /// Bytes in front of every record: the entry's length and its charge, both `u32`.
 pub(crate) const RECORD_HEADER: usize = 8;
 
+/// Consumed bytes at the front of an arena below which `pop_front` never compacts it: moving
+/// a few records costs more than the room it wins.
+const COMPACT_AFTER: usize = 4096;
+
 /// The largest entry (and the largest charge) a record can describe.
 pub(crate) const MAX_ENTRY_LEN: usize = u32::MAX as usize;
 
@@ -150,7 +154,10 @@ impl Spare {
 /// Records packed back to back in one buffer, read from `head`.
 ///
 /// Shards append at the back; the worker and evictions consume from the front. A buffer is
-/// reset (keeping its capacity) once its last record is consumed.
+/// reset (keeping its capacity) once its last record is consumed, and compacted once consumed
+/// records fill a quarter of it: a shard that `DropOldest` evicts from while it keeps
+/// appending never empties (the dispatch may be stuck for good), and without compaction its
+/// buffer would grow by every entry ever enqueued, not by what is queued.
 #[derive(Default)]
 pub(crate) struct Arena {
     buf: Vec<u8>,
@@ -258,6 +265,13 @@ impl Arena {
         self.bytes -= charge;
         if self.entries == 0 {
             self.reset();
+        } else if self.head >= COMPACT_AFTER && self.head >= self.buf.len() / 4 {
+            // Keeps the buffer within 4/3 of its records (the queue bound is then near what
+            // it holds), and moves at most 3 bytes per byte consumed since the last compaction:
+            // a constant cost per evicted byte, which is copied for `on_drop` anyway.
+            self.touched = self.touched.max(self.buf.len());
+            self.buf.drain(..self.head);
+            self.head = 0;
         }
         Some(charge)
     }
@@ -348,6 +362,35 @@ mod tests {
         while a.pop_front(None).is_some() {}
         assert!(a.is_empty());
         assert_eq!(a.buf.len(), 0, "an emptied arena resets its buffer");
+    }
+
+    #[test]
+    fn an_arena_popped_while_appended_to_stays_near_the_size_of_its_records() {
+        // DropOldest under a stuck dispatch: a shard never empties, one record out for each
+        // one in. Its buffer must track what it holds, not everything that passed through.
+        let mut a = Arena::default();
+        let record = RECORD_HEADER + 1000;
+        for i in 0..100u32 {
+            a.push(&[i as u8; 1000], 1000);
+        }
+        for i in 100..100_000u32 {
+            a.push(&[i as u8; 1000], 1000);
+            assert_eq!(a.pop_front(None), Some(1000));
+            assert!(
+                a.buf.len() <= 100 * record * 4 / 3 + COMPACT_AFTER + record,
+                "buffer of {} bytes for 100 records",
+                a.buf.len()
+            );
+        }
+        assert_eq!(a.entries(), 100);
+        let kept = collect(&a);
+        assert_eq!(kept.len(), 100);
+        assert!(
+            kept.iter()
+                .zip(99_900u32..)
+                .all(|(e, i)| e.len() == 1000 && e.iter().all(|&b| b == i as u8)),
+            "compaction kept the newest records, in order"
+        );
     }
 
     #[test]
