@@ -65,6 +65,9 @@
 #if !(__cplusplus >= 201703L || (defined(_MSVC_LANG) && _MSVC_LANG >= 201703L))
 #error "background_dispatcher.hpp needs C++17 or later"
 #endif
+#if !defined(__cpp_exceptions) && !defined(_CPPUNWIND)
+#error "background_dispatcher.hpp throws bd::Error: without exceptions, use background_dispatcher.h"
+#endif
 
 #include "background_dispatcher.h"
 
