@@ -9,6 +9,7 @@
 #include "background_dispatcher.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
@@ -23,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -63,7 +65,26 @@ using Clock = std::chrono::steady_clock;
         }                                                                                        \
     } while (0)
 
+// The type's promises, at compile time.
+static_assert(!std::is_copy_constructible_v<bd::Dispatcher>, "move-only");
+static_assert(!std::is_copy_assignable_v<bd::Dispatcher>, "move-only");
+static_assert(std::is_nothrow_move_constructible_v<bd::Dispatcher>, "noexcept move");
+static_assert(std::is_nothrow_move_assignable_v<bd::Dispatcher>, "noexcept move");
+static_assert(std::is_nothrow_destructible_v<bd::Dispatcher>, "never throws when destroyed");
+static_assert(std::is_same_v<std::iterator_traits<bd::Batch::iterator>::iterator_category,
+                             std::random_access_iterator_tag>,
+              "Batch is a random-access range");
+static_assert(std::is_base_of_v<std::runtime_error, bd::Error>, "bd::Error is a runtime_error");
+
 namespace {
+
+std::atomic<std::size_t> g_function_entries{0};
+
+// A plain function works as the callable too (no captures, no allocation of state of its own).
+bool count_entries(const bd::Batch &batch) {
+    g_function_entries += batch.size();
+    return true;
+}
 
 // 10 under valgrind (BD_TEST_SLOW=1), as in test_util.h.
 std::chrono::milliseconds T(std::chrono::milliseconds ms) {
@@ -315,6 +336,14 @@ void lambda_captures() {
                     total_len);
     }
     // `seen` pointed into the callable, which the destructor freed; ASan checks nothing uses it.
+
+    bd::Dispatcher by_function(count_entries, 60000ms);
+    bd::Dispatcher by_pointer(&count_entries, 60000ms);
+    CHECK_STATUS(by_function.enqueue("f"), bd::Status::ok);
+    CHECK_STATUS(by_pointer.enqueue("p"), bd::Status::ok);
+    CHECK(by_function.flush(T(10000ms)) && by_pointer.flush(T(10000ms)));
+    CHECK_EQ(g_function_entries.load(), 2);
+    std::printf("  a plain function, by name and by pointer: 2 entries delivered\n");
 }
 
 void throwing_callable() {
