@@ -17,6 +17,30 @@ HEADER := include/background_dispatcher.h
 C_BUILD := build/c
 JOBS ?= 2
 
+# The library's version and ABI name (dispatcher-ffi/build.rs gives the .so the same soname:
+# .so.MAJOR from 1.0 on, .so.0.MINOR while 0.x).
+VERSION := $(shell sed -n 's/^version = "\([0-9][^"]*\)"/\1/p' Cargo.toml | head -n 1)
+VERSION_MAJOR := $(word 1,$(subst ., ,$(VERSION)))
+VERSION_MINOR := $(word 2,$(subst ., ,$(VERSION)))
+SOVERSION := $(if $(filter 0,$(VERSION_MAJOR)),0.$(VERSION_MINOR),$(VERSION_MAJOR))
+SONAME := libbackground_dispatcher.so.$(SOVERSION)
+REALNAME := libbackground_dispatcher.so.$(VERSION)
+# What libbackground_dispatcher.a needs from the system (Libs.private in the .pc file, the
+# static CMake target's link interface). From `cargo rustc --release -p dispatcher-ffi
+# --crate-type staticlib -- --print native-static-libs`, less the implicit -lc;
+# `make test-install` links a program statically against it, so a missing one fails there.
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl
+
+# `make install`: GNU conventions (prefix/PREFIX, libdir/LIBDIR, includedir/INCLUDEDIR, DESTDIR).
+prefix ?= /usr/local
+PREFIX ?= $(prefix)
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+CMAKEDIR ?= $(LIBDIR)/cmake/BackgroundDispatcher
+INSTALL ?= install
+PKG_CONFIG := $(BIN)/pkg-config
+
 .DEFAULT_GOAL := help
 
 .PHONY: help
@@ -37,6 +61,45 @@ tools: $(VENV)/.installed $(CBINDGEN) ## Install the pinned tools into .venv
 .PHONY: build
 build: ## Build the C library (target/release/libbackground_dispatcher.{so,a})
 	cargo build --release --package dispatcher-ffi
+	@# Programs linked against target/release record the soname: give it to them there.
+	@ln -sf libbackground_dispatcher.so $(LIB_DIR)/$(SONAME)
+
+# The .pc file keeps ${prefix} in its paths where it can, so `pkg-config --define-prefix`
+# can relocate it; the CMake package finds everything relative to its own directory.
+PC_LIBDIR = $(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))
+PC_INCLUDEDIR = $(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))
+CMAKE_TO_INCLUDEDIR = $(shell $(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' $(INCLUDEDIR) $(CMAKEDIR))
+SPACE := $(subst ,, )
+CMAKE_STATIC_LIBS = $(subst $(SPACE),;,$(patsubst -l%,%,$(STATIC_LIBS)))
+SIZEOF_VOID_P = $(shell echo __SIZEOF_POINTER__ | $(CC) -E -P - | tail -n 1)
+INSTALLED_FILES = $(LIBDIR)/$(REALNAME) $(LIBDIR)/$(SONAME) $(LIBDIR)/libbackground_dispatcher.so \
+	$(LIBDIR)/libbackground_dispatcher.a $(INCLUDEDIR)/background_dispatcher.h \
+	$(INCLUDEDIR)/background_dispatcher.hpp $(PKGCONFIGDIR)/background-dispatcher.pc \
+	$(CMAKEDIR)/BackgroundDispatcherConfig.cmake $(CMAKEDIR)/BackgroundDispatcherConfigVersion.cmake
+
+.PHONY: install
+install: $(if $(NO_BUILD),,build) ## Install library, headers, pkg-config and CMake files (PREFIX=/usr/local, DESTDIR; NO_BUILD=1 for sudo)
+	@test -f $(LIB_DIR)/libbackground_dispatcher.so || { echo "run 'make build' first"; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(CMAKEDIR)
+	$(INSTALL) -m 0755 $(LIB_DIR)/libbackground_dispatcher.so $(DESTDIR)$(LIBDIR)/$(REALNAME)
+	ln -sf $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libbackground_dispatcher.so
+	$(INSTALL) -m 0644 $(LIB_DIR)/libbackground_dispatcher.a $(DESTDIR)$(LIBDIR)/libbackground_dispatcher.a
+	$(INSTALL) -m 0644 include/background_dispatcher.h include/background_dispatcher.hpp $(DESTDIR)$(INCLUDEDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(PC_LIBDIR)|' -e 's|@INCLUDEDIR@|$(PC_INCLUDEDIR)|' \
+		-e 's|@VERSION@|$(VERSION)|' -e 's|@STATIC_LIBS@|$(STATIC_LIBS)|' \
+		packaging/background-dispatcher.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/background-dispatcher.pc
+	sed -e 's|@CMAKE_TO_INCLUDEDIR@|$(CMAKE_TO_INCLUDEDIR)|' -e 's|@REALNAME@|$(REALNAME)|' \
+		-e 's|@SONAME@|$(SONAME)|' -e 's|@CMAKE_STATIC_LIBS@|$(CMAKE_STATIC_LIBS)|' \
+		packaging/BackgroundDispatcherConfig.cmake.in > $(DESTDIR)$(CMAKEDIR)/BackgroundDispatcherConfig.cmake
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|' \
+		-e 's|@VERSION_MINOR@|$(VERSION_MINOR)|' -e 's|@SIZEOF_VOID_P@|$(SIZEOF_VOID_P)|' \
+		packaging/BackgroundDispatcherConfigVersion.cmake.in > $(DESTDIR)$(CMAKEDIR)/BackgroundDispatcherConfigVersion.cmake
+
+.PHONY: uninstall
+uninstall: ## Remove what `make install` installed (same PREFIX, DESTDIR)
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	rmdir $(DESTDIR)$(CMAKEDIR) 2>/dev/null || true
 
 .PHONY: header
 header: $(CBINDGEN) ## Regenerate include/background_dispatcher.h
@@ -59,7 +122,7 @@ python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: check-header test-rust test-reliability-rust test-c test-python ## Run every test (what CI runs)
+test: check-header test-rust test-reliability-rust test-c test-install test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
@@ -76,6 +139,11 @@ test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanit
 	$(CMAKE) -S tests/c -B $(C_BUILD) -DBD_ROOT=$(CURDIR) -DCMAKE_BUILD_TYPE=Debug > /dev/null
 	$(CMAKE) --build $(C_BUILD) -j $(JOBS) > /dev/null
 	$(CTEST) --test-dir $(C_BUILD) --output-on-failure -j $(JOBS)
+
+.PHONY: test-install
+test-install: build $(VENV)/.installed ## make install into temporary prefixes; build and run pkg-config and CMake consumers
+	PATH="$(BIN):$$PATH" MAKE="$(MAKE)" CMAKE="$(CMAKE)" PKG_CONFIG="$(PKG_CONFIG)" CC="$(CC)" \
+		SONAME="$(SONAME)" REALNAME="$(REALNAME)" VERSION="$(VERSION)" sh tests/install/run.sh
 
 .PHONY: test-python
 test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and mypy --strict

@@ -53,9 +53,23 @@ def median(xs: list[float]) -> float:
 # --- preparation ----------------------------------------------------------------------------
 
 
+def soname() -> str:
+    """The C library's soname, as dispatcher-ffi/build.rs sets it: .so.0.MINOR while 0.x."""
+    header = (ROOT / "include" / "background_dispatcher.h").read_text()
+    major, minor = (re.search(rf"#define BD_VERSION_{part} (\d+)", header) for part in ("MAJOR", "MINOR"))
+    assert major and minor, "BD_VERSION_MAJOR/MINOR not found in the header"
+    abi = f"0.{minor[1]}" if major[1] == "0" else major[1]
+    return f"libbackground_dispatcher.so.{abi}"
+
+
 def build() -> None:
     log("building (release)")
     run(["cargo", "build", "--release", "--quiet", "-p", "dispatcher-bench", "-p", "dispatcher-ffi"])
+    # The C bench records the soname (DT_NEEDED); give it to the freshly built library, as
+    # `make build` does.
+    link = LIB_DIR / soname()
+    link.unlink(missing_ok=True)
+    link.symlink_to("libbackground_dispatcher.so")
     BUILD.mkdir(exist_ok=True)
     cc = os.environ.get("CC", "cc")
     run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'include'}", "benchmarks/c/bench_enqueue.c",
