@@ -79,7 +79,9 @@ def test_records_are_formatted_and_delivered_in_order(logger: logging.Logger) ->
     handler.flush()
 
     expected = [f"INFO {logger.name} request {i} served" for i in range(50)] + [f"WARNING {logger.name} slow: 1234 ms"]
-    print(f"records 51, delivered {len(recorder.delivered)}, batches {len(recorder.batches)}, dropped {handler.dropped}")
+    print(
+        f"records 51, delivered {len(recorder.delivered)}, batches {len(recorder.batches)}, dropped {handler.dropped}"
+    )
     assert recorder.delivered == expected
     assert all(type(entry) is str for entry in recorder.delivered)
     assert handler.dropped == 0 and handler.diverted == 0
@@ -421,7 +423,10 @@ def test_async_dispatch_function_that_logs(logger: logging.Logger) -> None:
     for i in range(30):
         logger.info("a%d", i)
     run_with_deadline(handler.close, "closing an async handler")
-    print(f"records 30, delivered {len(recorder.delivered)} in {len(recorder.batches)} batches, diverted {handler.diverted}")
+    print(
+        f"records 30, delivered {len(recorder.delivered)} in {len(recorder.batches)} batches, "
+        f"diverted {handler.diverted}"
+    )
     assert recorder.delivered == [f"a{i}" for i in range(30)]
     assert handler.diverted == len(recorder.batches)
 
@@ -466,5 +471,5 @@ def test_dict_config(key: str) -> None:
 def test_the_module_name_does_not_shadow_the_standard_library() -> None:
     import background_dispatcher.logging as ours
 
-    assert ours.logging is logging and ours.__name__ == "background_dispatcher.logging"
-    assert hasattr(ours.logging, "Handler") and not hasattr(ours.logging, "DispatchingHandler")
+    assert vars(ours)["logging"] is logging and ours.__name__ == "background_dispatcher.logging"
+    assert ours.DispatchingHandler.__mro__[1] is logging.Handler

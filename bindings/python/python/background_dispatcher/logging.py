@@ -44,7 +44,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Literal
 
 from background_dispatcher import BackgroundDispatcher, DispatcherStats, ReentrantError
 from background_dispatcher._runner import _is_async
@@ -273,4 +273,6 @@ class DispatchingHandler(logging.Handler):
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
-        return f"<{type(self).__name__} {getattr(self._user_dispatch, '__qualname__', self._user_dispatch)!r} ({level})>"
+        return (
+            f"<{type(self).__name__} {getattr(self._user_dispatch, '__qualname__', self._user_dispatch)!r} ({level})>"
+        )
