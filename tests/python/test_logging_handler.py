@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from background_dispatcher.logging import DispatchingHandler
-from conftest import PATIENCE, Gate, Recorder, wait_until
+from conftest import CRASH_MARKERS, PATIENCE, Gate, Recorder, run_python, wait_until
 
 
 class ListHandler(logging.Handler):
@@ -285,6 +285,61 @@ def test_no_deadlock_when_a_thread_holding_the_handler_lock_flushes_and_closes(l
     print(f"records 20, delivered {len(recorder.delivered)}, diverted {handler.diverted}, {took:.3f} s")
     assert recorder.delivered == [f"r{i}" for i in range(20)]
     assert handler.diverted == len(recorder.batches) >= 1
+
+
+def test_flush_and_close_are_bounded_while_logging_module_lock_is_held(logger: logging.Logger) -> None:
+    """``logging.config.dictConfig`` shuts the old handlers down holding logging's module lock,
+    which ``logging.getLogger`` needs too: a dispatch function that calls it waits for that
+    lock, so flush and close can only end by their timeouts. They must, and nothing is lost."""
+    recorder = Recorder()
+
+    def ship(entries: list[str]) -> None:
+        logging.getLogger(f"collector.{uuid.uuid4().hex}")  # takes the module lock
+        recorder(entries)
+
+    handler = DispatchingHandler(ship, ms_delay=600_000, flush_timeout=0.3, close_timeout=0.3)
+    logger.addHandler(handler)
+    for i in range(10):
+        logger.info("r%d", i)
+    module_lock = vars(logging)["_lock"]
+
+    def shut_down_like_dict_config() -> None:
+        with module_lock:
+            handler.flush()
+            handler.close()
+
+    took = run_with_deadline(shut_down_like_dict_config, "flush/close under logging's module lock")
+    wait_until(lambda: len(recorder.delivered) == 10, "the batch to finish once the lock is free")
+    print(f"flush+close under the module lock returned after {took:.3f} s; delivered 10, dropped {handler.dropped}")
+    assert recorder.delivered == [f"r{i}" for i in range(10)]
+    assert handler.dropped == 0
+
+
+def test_records_logged_before_exit_are_delivered_without_an_explicit_close() -> None:
+    """At interpreter exit the package's hook and ``logging.shutdown`` close the handler; the
+    dispatch function logs to root (this handler) meanwhile: delivered, no hang, exit code kept."""
+    result = run_python(
+        """
+        import logging, sys
+        from background_dispatcher.logging import DispatchingHandler
+
+        def ship(entries):
+            for entry in entries:
+                print(entry, flush=True)
+            logging.getLogger("shipper").warning("shipped %d", len(entries))
+
+        logging.basicConfig(level=logging.INFO, handlers=[DispatchingHandler(ship, ms_delay=600_000)])
+        for i in range(100):
+            logging.info("record %d", i)
+        sys.exit(3)
+        """
+    )
+    lines = result.stdout.splitlines()
+    print(f"exit code {result.returncode}, delivered {len(lines)} of 100, stderr {result.stderr!r}")
+    assert result.returncode == 3
+    assert lines == [f"INFO:root:record {i}" for i in range(100)]
+    assert result.stderr.splitlines()[0] == "shipped 100"  # the fallback: logging.lastResort
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS)
 
 
 def test_flush_and_close_inside_the_dispatch_function_do_not_wait_for_themselves(logger: logging.Logger) -> None:
