@@ -23,7 +23,11 @@ Guarantees, each proven by ``tests/python/test_logging_handler.py``:
 - **flush / close are bounded**: ``flush()`` waits at most ``flush_timeout`` seconds for what
   is queued to be delivered; ``close()`` delivers and stops within ``close_timeout`` seconds
   (entries still queued then go to ``on_drop`` as ``"shutdown_timeout"``), is idempotent, and
-  returns at once (closing on a helper thread) when called from inside a callback.
+  returns at once (closing on a helper thread) when called from inside a callback. Bounded
+  matters even without a hung collector: ``logging.config.dictConfig`` closes the old handlers
+  while holding logging's module lock, which a dispatch function calling
+  ``logging.getLogger`` for a new name waits for; such a close ends at ``close_timeout`` and
+  the batch finishes afterwards.
 
 For ``logging.config.dictConfig``, every parameter is a keyword::
 
@@ -51,10 +55,11 @@ from background_dispatcher._runner import _is_async
 
 __all__ = ["DispatchingHandler"]
 
-#: True while one of a ``DispatchingHandler``'s callbacks runs, in that callback's thread (or,
-#: for an ``async def`` dispatch function, its task). A context variable rather than a
-#: thread-local so that async batches running on the app's event loop, whose thread also logs
-#: normally, are told apart from the app's own records.
+#: The handler whose callback is running, in that callback's thread (or, for an ``async def``
+#: dispatch function, its task). A context variable rather than a thread-local so that async
+#: batches running on the app's event loop, whose thread also logs normally, are told apart
+#: from the app's own records. Per handler: records a shipper logs to *another* handler are
+#: that handler's to ship.
 _IN_CALLBACK: contextvars.ContextVar[DispatchingHandler | None] = contextvars.ContextVar(
     "background_dispatcher_logging_in_callback", default=None
 )
