@@ -17,6 +17,8 @@ HEADER := include/background_dispatcher.h
 C_BUILD := build/c
 JOBS ?= 2
 DIST := dist
+# Interpreters test-wheel installs the abi3 wheel under, one fresh venv each.
+WHEEL_PYTHONS ?= $(PYTHON)
 
 .DEFAULT_GOAL := help
 
@@ -99,7 +101,7 @@ wheel: $(VENV)/.installed ## Build the abi3 wheel of the Python package into dis
 
 .PHONY: test-wheel
 test-wheel: wheel ## Install the wheel into a fresh virtual environment (no index) and smoke-test it there
-	$(PYTHON) tests/wheel/run.py $(DIST)
+	$(PYTHON) tests/wheel/run.py $(DIST) $(WHEEL_PYTHONS)
 
 .PHONY: clean
 clean: ## Remove build output (keeps .venv)

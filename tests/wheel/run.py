@@ -2,7 +2,8 @@
 directory (``pip --no-index``: the wheel has no dependencies, so no network) and runs
 ``smoke.py`` there, from outside the source tree. Run by ``make test-wheel``.
 
-Usage: run.py WHEEL_DIR
+Usage: run.py WHEEL_DIR [PYTHON...]: one fresh environment per interpreter given (default:
+the one running this), e.g. the oldest and newest CPython the abi3 wheel claims.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 import zipfile
 from pathlib import Path
 
@@ -44,18 +44,31 @@ def main() -> None:
         sys.exit(f"the wheel lacks {sorted(missing)}")
     print(f"wheel holds {len(names)} files, including {', '.join(sorted(wanted))}")
 
+    interpreters = sys.argv[2:] or [sys.executable]
+    for interpreter in interpreters:
+        smoke(wheel, interpreter)
+    print(f"wheel smoke passed under {len(interpreters)} interpreter(s): {' '.join(interpreters)}")
+
+
+def smoke(wheel: Path, interpreter: str) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bd-wheel-") as tmp:
         root = Path(tmp)
-        venv.create(root / "venv", with_pip=True)
+        run([interpreter, "-m", "venv", str(root / "venv")], root)
         python = root / "venv" / "bin" / "python"
         run(
             [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--disable-pip-version-check", str(wheel)],
             root,
         )
-        print(
-            f"installed into a fresh virtual environment in {time.monotonic() - start:.1f} s; smoke test:", flush=True
-        )
+        version = subprocess.run(
+            [str(python), "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=STEP_TIMEOUT,
+        ).stdout.strip()
+        took = time.monotonic() - start
+        print(f"installed into a fresh Python {version} virtual environment in {took:.1f} s; smoke test:", flush=True)
         # Run from the temporary directory: nothing of the source tree is on sys.path.
         run([str(python), "-I", str(Path(__file__).with_name("smoke.py").resolve())], root)
 
