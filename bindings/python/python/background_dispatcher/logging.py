@@ -113,7 +113,6 @@ class DispatchingHandler(logging.Handler):
                 raise ValueError(f"{name} must be >= 0 seconds, got {seconds!r}")
         if not callable(dispatch):
             raise TypeError(f"dispatch must be callable, got {type(dispatch).__name__}")
-        super().__init__(level)
         self.flush_timeout = float(flush_timeout)
         self.close_timeout = float(close_timeout)
         self.fallback = fallback
@@ -137,6 +136,9 @@ class DispatchingHandler(logging.Handler):
             on_drop=self._on_drop,
             on_error=self._on_error,
         )
+        # Last: Handler.__init__ enrols the handler for logging.shutdown(), which must never
+        # meet one whose dispatcher failed to build.
+        super().__init__(level)
 
     # -- the logging side: runs on the threads that log ------------------------------------
 
