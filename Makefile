@@ -16,6 +16,9 @@ LIB_DIR := $(abspath target/release)
 HEADER := include/background_dispatcher.h
 C_BUILD := build/c
 JOBS ?= 2
+DIST := dist
+# Interpreters test-wheel installs the abi3 wheel under, one fresh venv each.
+WHEEL_PYTHONS ?= $(PYTHON)
 
 # The library's version and ABI name (dispatcher-ffi/build.rs gives the .so the same soname:
 # .so.MAJOR from 1.0 on, .so.0.MINOR while 0.x).
@@ -122,7 +125,7 @@ python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: check-header test-rust test-reliability-rust test-c test-install test-python ## Run every test (what CI runs)
+test: lint check-header test-rust test-reliability-rust test-c test-install test-wheel test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
@@ -156,10 +159,23 @@ bench: $(VENV)/.installed ## Benchmarks against the peers (~8 min; QUICK=1: ~1 m
 	PATH="$(BIN):$$PATH" $(PY) benchmarks/run.py $(if $(QUICK),--quick)
 
 .PHONY: lint
-lint: ## rustfmt and clippy
+lint: $(VENV)/.installed ## ruff check and format, mypy --strict (package and tests), rustfmt, clippy -D warnings
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@# The package's source and stub, not an installed copy: lint needs no build.
+	MYPYPATH=bindings/python/python $(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python tests/wheel
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
-	$(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python
+	@# pyo3's build script needs an interpreter: the pinned venv's, as `make python` builds with.
+	PYO3_PYTHON=$(PY) cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+.PHONY: wheel
+wheel: $(VENV)/.installed ## Build the abi3 wheel of the Python package into dist/
+	rm -f $(DIST)/background_dispatcher-*.whl
+	PATH="$(BIN):$$PATH" $(BIN)/maturin build --release --manifest-path bindings/python/Cargo.toml --interpreter $(PY) --out $(DIST)
+
+.PHONY: test-wheel
+test-wheel: wheel ## Install the wheel into a fresh virtual environment (no index) and smoke-test it there
+	$(PYTHON) tests/wheel/run.py $(DIST) $(WHEEL_PYTHONS)
 
 .PHONY: doc
 doc: ## Rust API docs (cargo doc, warnings are errors) into target/doc

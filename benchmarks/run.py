@@ -72,8 +72,23 @@ def build() -> None:
     link.symlink_to("libbackground_dispatcher.so")
     BUILD.mkdir(exist_ok=True)
     cc = os.environ.get("CC", "cc")
-    run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'include'}", "benchmarks/c/bench_enqueue.c",
-         "-o", str(C_BENCH), f"-L{LIB_DIR}", "-lbackground_dispatcher", f"-Wl,-rpath,{LIB_DIR}", "-lpthread"])
+    run(
+        [
+            cc,
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            f"-I{ROOT / 'include'}",
+            "benchmarks/c/bench_enqueue.c",
+            "-o",
+            str(C_BENCH),
+            f"-L{LIB_DIR}",
+            "-lbackground_dispatcher",
+            f"-Wl,-rpath,{LIB_DIR}",
+            "-lpthread",
+        ]
+    )
 
 
 def bench_python() -> Path:
@@ -122,8 +137,20 @@ def enqueue(quick: bool) -> list[dict[str, Any]]:
     for size in sizes:
         per_round = {16: 2_000_000, 100: 2_000_000, 1024: 200_000}[size] // (4 if quick else 1)
         log(f"enqueue, {size}-byte entries, P = 1, 2, 4, 8")
-        rows += run_json([str(BENCH), "enqueue", "--sizes", str(size), "--threads", "1,2,4,8",
-                          "--rounds", rounds, "--per-round", str(per_round)])
+        rows += run_json(
+            [
+                str(BENCH),
+                "enqueue",
+                "--sizes",
+                str(size),
+                "--threads",
+                "1,2,4,8",
+                "--rounds",
+                rounds,
+                "--per-round",
+                str(per_round),
+            ]
+        )
     return rows
 
 
@@ -132,8 +159,12 @@ def c_vs_rust(quick: bool) -> dict[str, float]:
     c, rust = [], []
     for _ in range(2 if quick else 5):
         c += [r["ns_per_op"] for r in run_json([str(C_BENCH), "1", "7", "2000000", "100"])]
-        rust += [r["ns_per_op"] for r in run_json([str(BENCH), "enqueue", "--sinks", "ours", "--threads", "1",
-                                                   "--rounds", "7", "--per-round", "2000000"])]
+        rust += [
+            r["ns_per_op"]
+            for r in run_json(
+                [str(BENCH), "enqueue", "--sinks", "ours", "--threads", "1", "--rounds", "7", "--per-round", "2000000"]
+            )
+        ]
     return {"c_ns": median(c), "rust_ns": median(rust), "ratio": median(c) / median(rust)}
 
 
@@ -155,8 +186,10 @@ def timing(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for ms, seconds in ((10, 1.5 if quick else 4), (100, 3 if quick else 8)):
         log(f"dispatch timing, ms_delay {ms}")
-        runs = [run_json([str(BENCH), "timing", "--ms-delay", str(ms), "--seconds", str(seconds)])[0]
-                for _ in range(1 if quick else 3)]
+        runs = [
+            run_json([str(BENCH), "timing", "--ms-delay", str(ms), "--seconds", str(seconds)])[0]
+            for _ in range(1 if quick else 3)
+        ]
         merged = {k: median([r[k] for r in runs]) for k in runs[0] if k != "bench"}
         merged["runs"] = len(runs)
         merged["starts_too_close"] = sum(r["starts_too_close"] for r in runs)
@@ -206,7 +239,8 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
     lines = [
         "# Benchmark results",
         "",
-        f"`make bench{' QUICK=1' if quick else ''}` on {m['date']}. Machine: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']}, "
+        f"`make bench{' QUICK=1' if quick else ''}` on {m['date']}. "
+        f"Machine: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']}, "
         f"{m['rustc']}, CPython {m['python']}. A shared VM: absolute figures drift between runs; ratios are "
         "taken between neighbouring measurements in the same run (medians of per-round ratios).",
         "",
@@ -220,7 +254,12 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
         "",
     ]
     for size in sorted({x["size"] for x in enq}, key=lambda s: (s != 100, s)):
-        lines += [f"**{size}-byte entries**", "", "| P | sink | ns/enqueue | M entries/s | ratio ours/this |", "|---|---|---|---|---|"]
+        lines += [
+            f"**{size}-byte entries**",
+            "",
+            "| P | sink | ns/enqueue | M entries/s | ratio ours/this |",
+            "|---|---|---|---|---|",
+        ]
         for p in (1, 2, 4, 8):
             for sink in ("ours", "crossbeam", "mutex_vec", "floor"):
                 x = row(sink, size, p)
@@ -238,22 +277,36 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
         targets.append((f"Aggregate at P = {p}: ≥ 0.8 × our P = 1 figure (measured {vs_self:.2f} ×)", vs_self >= 0.8))
 
     cvr = r["c_vs_rust"]
-    lines += ["## 2. C `bd_enqueue` vs the Rust API", "",
-              "The C program `benchmarks/c/bench_enqueue.c` (calling `bd_enqueue` through the shared library) and the "
-              "Rust bench, same protocol, P = 1, 100-byte entries, runs alternating; medians of the runs' medians.", "",
-              "| path | ns/enqueue |", "|---|---|",
-              f"| C `bd_enqueue` | {cvr['c_ns']:.1f} |", f"| Rust `Dispatcher::enqueue` | {cvr['rust_ns']:.1f} |",
-              f"| ratio C / Rust | {cvr['ratio']:.3f} |", ""]
+    lines += [
+        "## 2. C `bd_enqueue` vs the Rust API",
+        "",
+        "The C program `benchmarks/c/bench_enqueue.c` (calling `bd_enqueue` through the shared library) and the "
+        "Rust bench, same protocol, P = 1, 100-byte entries, runs alternating; medians of the runs' medians.",
+        "",
+        "| path | ns/enqueue |",
+        "|---|---|",
+        f"| C `bd_enqueue` | {cvr['c_ns']:.1f} |",
+        f"| Rust `Dispatcher::enqueue` | {cvr['rust_ns']:.1f} |",
+        f"| ratio C / Rust | {cvr['ratio']:.3f} |",
+        "",
+    ]
     targets.append((f"C bd_enqueue ≤ 1.15 × the Rust API (measured {cvr['ratio']:.3f})", cvr["ratio"] <= 1.15))
 
     lat = r["latency"]
-    lines += ["## 3. Per-call latency of one producer (100-byte entries, ns, rdtsc around each call)", "",
-              "The last column counts the page faults the measured thread took per 1 000 calls: they, and "
-              "preemption, are what the tails are made of.", "",
-              "| P | sink | p50 | p99 | p99.9 | p99.99 | max | faults / 1000 calls |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## 3. Per-call latency of one producer (100-byte entries, ns, rdtsc around each call)",
+        "",
+        "The last column counts the page faults the measured thread took per 1 000 calls: they, and "
+        "preemption, are what the tails are made of.",
+        "",
+        "| P | sink | p50 | p99 | p99.9 | p99.99 | max | faults / 1000 calls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for x in lat:
-        lines.append(f"| {x['threads']} | {x['sink']} | {x['p50']:.0f} | {x['p99']:.0f} | {x['p999']:.0f} | "
-                     f"{x['p9999']:.0f} | {x['max']:.0f} | {x['faults_per_1000']:.1f} |")
+        lines.append(
+            f"| {x['threads']} | {x['sink']} | {x['p50']:.0f} | {x['p99']:.0f} | {x['p999']:.0f} | "
+            f"{x['p9999']:.0f} | {x['max']:.0f} | {x['faults_per_1000']:.1f} |"
+        )
     lines.append("")
     ours8 = next(x for x in lat if x["sink"] == "ours" and x["threads"] == 8)
     cb8 = next(x for x in lat if x["sink"] == "crossbeam" and x["threads"] == 8)
@@ -261,14 +314,22 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
     targets.append((f"P = 8: p99.9 ≤ 0.1 × crossbeam's (measured {t:.3f})", t <= 0.1))
 
     py = r["python"]
-    lines += ["## 4. Python enqueue (CPython, GIL build)", "",
-              "ns per call per thread, including the interpreter's `for` loop, median over interleaved rounds; "
-              "`ratio` = ours_bytes / this. Peers installed only in the bench venv (`benchmarks/requirements.txt`). "
-              "The dispatch functions and the OpenTelemetry exporter do no work per entry, so that this measures "
-              "the hand-over, not the consumer's share of the GIL.", "",
-              "| threads | candidate | ns/call | calls/s | ratio ours_bytes/this |", "|---|---|---|---|---|"]
+    lines += [
+        "## 4. Python enqueue (CPython, GIL build)",
+        "",
+        "ns per call per thread, including the interpreter's `for` loop, median over interleaved rounds; "
+        "`ratio` = ours_bytes / this. Peers installed only in the bench venv (`benchmarks/requirements.txt`). "
+        "The dispatch functions and the OpenTelemetry exporter do no work per entry, so that this measures "
+        "the hand-over, not the consumer's share of the GIL.",
+        "",
+        "| threads | candidate | ns/call | calls/s | ratio ours_bytes/this |",
+        "|---|---|---|---|---|",
+    ]
     for x in py:
-        lines.append(f"| {x['threads']} | {x['sink']} | {x['ns_per_call']:.1f} | {x['calls_per_s'] / 1e6:.2f} M | {x['ours_bytes_over_this']:.3f} |")
+        lines.append(
+            f"| {x['threads']} | {x['sink']} | {x['ns_per_call']:.1f} | {x['calls_per_s'] / 1e6:.2f} M "
+            f"| {x['ours_bytes_over_this']:.3f} |"
+        )
     lines.append("")
 
     def pyrow(sink: str) -> dict[str, Any]:
@@ -277,28 +338,48 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
     vs_deque = pyrow("deque_append")["ours_bytes_over_this"]
     vs_otel = pyrow("otel")["ours_bytes_over_this"]
     targets.append((f"Python enqueue(bytes), 1 thread: ≤ 2 × deque.append (measured {vs_deque:.2f})", vs_deque <= 2))
-    targets.append((f"Python enqueue(bytes), 1 thread: ≤ 0.15 × OpenTelemetry (measured {vs_otel:.3f})", vs_otel <= 0.15))
+    targets.append(
+        (f"Python enqueue(bytes), 1 thread: ≤ 0.15 × OpenTelemetry (measured {vs_otel:.3f})", vs_otel <= 0.15)
+    )
 
     mem = r["memory"]
-    lines += ["## 5. Memory per queued 100-byte entry (RSS growth, 1 M entries queued, fresh process)", "",
-              "| sink | bytes/entry |", "|---|---|",
-              f"| ours | {mem['ours']:.1f} |", f"| crossbeam | {mem['crossbeam']:.1f} |", ""]
+    lines += [
+        "## 5. Memory per queued 100-byte entry (RSS growth, 1 M entries queued, fresh process)",
+        "",
+        "| sink | bytes/entry |",
+        "|---|---|",
+        f"| ours | {mem['ours']:.1f} |",
+        f"| crossbeam | {mem['crossbeam']:.1f} |",
+        "",
+    ]
     targets.append((f"Memory ≤ 112 B per queued 100-byte entry (measured {mem['ours']:.1f})", mem["ours"] <= 112))
 
-    lines += ["## 6. Dispatch timing (native callback, steady load of ~500 k entries/s)", "",
-              "Lateness of each start against its window end (the first entry's enqueue time + `ms_delay`, or the "
-              "previous start + `ms_delay` if later), in µs; the mean period against `ms_delay`; starts closer than "
-              "`ms_delay`. Medians over runs; the first and last batch of each run excluded.", "",
-              "| ms_delay | batches | late p50 | late p99 | late max | mean period (ms) | starts too close |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## 6. Dispatch timing (native callback, steady load of ~500 k entries/s)",
+        "",
+        "Lateness of each start against its window end (the first entry's enqueue time + `ms_delay`, or the "
+        "previous start + `ms_delay` if later), in µs; the mean period against `ms_delay`; starts closer than "
+        "`ms_delay`. Medians over runs; the first and last batch of each run excluded.",
+        "",
+        "| ms_delay | batches | late p50 | late p99 | late max | mean period (ms) | starts too close |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for x in r["timing"]:
-        lines.append(f"| {x['ms_delay']:.0f} | {x['batches']:.0f} | {x['late_p50_us']:.0f} | {x['late_p99_us']:.0f} | "
-                     f"{x['late_max_us']:.0f} | {x['mean_period_ms']:.3f} | {x['starts_too_close']} |")
+        lines.append(
+            f"| {x['ms_delay']:.0f} | {x['batches']:.0f} | {x['late_p50_us']:.0f} | {x['late_p99_us']:.0f} | "
+            f"{x['late_max_us']:.0f} | {x['mean_period_ms']:.3f} | {x['starts_too_close']} |"
+        )
         d = x["ms_delay"]
-        targets.append((f"ms_delay {d:.0f}: 0 starts closer than ms_delay ({x['starts_too_close']})", x["starts_too_close"] == 0))
+        targets.append(
+            (f"ms_delay {d:.0f}: 0 starts closer than ms_delay ({x['starts_too_close']})", x["starts_too_close"] == 0)
+        )
         allowed = 1000 + 0.05 * d * 1000
-        targets.append((f"ms_delay {d:.0f}: p99 lateness ≤ {allowed / 1000:.2f} ms (measured {x['late_p99_us'] / 1000:.2f} ms)",
-                        x["late_p99_us"] <= allowed))
+        targets.append(
+            (
+                f"ms_delay {d:.0f}: p99 lateness ≤ {allowed / 1000:.2f} ms (measured {x['late_p99_us'] / 1000:.2f} ms)",
+                x["late_p99_us"] <= allowed,
+            )
+        )
         off = abs(x["mean_period_ms"] - d) / d
         targets.append((f"ms_delay {d:.0f}: mean period within 1 % (measured {off * 100:.2f} %)", off <= 0.01))
     lines.append("")
@@ -306,14 +387,20 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
     sc, idle_ = r["syscalls"], r["idle"]
     lines += ["## 7. Syscalls and idle", ""]
     if "per_1000" in sc:
-        lines.append(f"Steady single-producer load under `strace -f -c`: {sc['syscalls']} syscalls (all threads, "
-                     f"process start included) for {sc['enqueues']} enqueues = **{sc['per_1000']:.4f} per 1 000 enqueues**.")
+        lines.append(
+            f"Steady single-producer load under `strace -f -c`: {sc['syscalls']} syscalls (all threads, "
+            f"process start included) for {sc['enqueues']} enqueues = **{sc['per_1000']:.4f} per 1 000 enqueues**."
+        )
         targets.append((f"Syscalls < 1 per 1 000 enqueues (measured {sc['per_1000']:.4f})", sc["per_1000"] < 1))
     else:
         lines.append(sc["note"])
     cpu_per_5s = idle_["cpu_us"] / idle_["seconds"] * 5 / 1000
-    lines += ["", f"An idle dispatcher (one entry delivered, then nothing): {idle_['cpu_us']} µs of process CPU over "
-              f"{idle_['seconds']} s, {idle_['wakeups']} worker wake-up(s).", ""]
+    lines += [
+        "",
+        f"An idle dispatcher (one entry delivered, then nothing): {idle_['cpu_us']} µs of process CPU over "
+        f"{idle_['seconds']} s, {idle_['wakeups']} worker wake-up(s).",
+        "",
+    ]
     targets.append((f"Idle CPU < 1 ms per 5 s (measured {cpu_per_5s:.3f} ms)", cpu_per_5s < 1))
 
     lines += ["## Targets", "", "| target | result |", "|---|---|"]
@@ -326,8 +413,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="about a minute, fewer rounds and sizes")
     parser.add_argument("--output", default=str(RESULTS))
-    parser.add_argument("--report-only", action="store_true",
-                        help="re-render the report from build/bench-results.json (after editing NOTES.md)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render the report from build/bench-results.json (after editing NOTES.md)",
+    )
     args = parser.parse_args()
     start = time.monotonic()
     raw = BUILD / "bench-results.json"

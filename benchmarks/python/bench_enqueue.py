@@ -26,7 +26,8 @@ import queue
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from background_dispatcher import BackgroundDispatcher
 
@@ -35,8 +36,23 @@ ENTRY_DICT = {"method": "GET", "path": "/api/items/42", "status": 200, "ms": 3.2
 
 
 class Candidate:
-    def __init__(self, name: str, enqueue: Callable[[Any], Any], entry: Any, calls: int, settle: Callable[[], None], close: Callable[[], None]) -> None:
-        self.name, self.enqueue, self.entry, self.calls, self.settle, self.close = name, enqueue, entry, calls, settle, close
+    def __init__(
+        self,
+        name: str,
+        enqueue: Callable[[Any], Any],
+        entry: Any,
+        calls: int,
+        settle: Callable[[], None],
+        close: Callable[[], None],
+    ) -> None:
+        self.name, self.enqueue, self.entry, self.calls, self.settle, self.close = (
+            name,
+            enqueue,
+            entry,
+            calls,
+            settle,
+            close,
+        )
 
 
 def ours(name: str, entry: Any, send: Callable[[list[Any]], Any], calls: int) -> Candidate:
@@ -151,13 +167,21 @@ def main() -> None:
                     times[c.name].append(elapsed / (c.calls // threads) * 1e9)
         for c in candidates:
             ns = times[c.name]
-            ratio = statistics.median(a / b for a, b in zip(times["ours_bytes"], ns))
-            print(json.dumps({
-                "bench": "python_enqueue", "sink": c.name, "threads": threads, "rounds": args.rounds,
-                "ns_per_call": round(statistics.median(ns), 1),
-                "calls_per_s": round(threads / statistics.median(ns) * 1e9),
-                "ours_bytes_over_this": round(ratio, 4),
-            }), flush=True)
+            ratio = statistics.median(a / b for a, b in zip(times["ours_bytes"], ns, strict=True))
+            print(
+                json.dumps(
+                    {
+                        "bench": "python_enqueue",
+                        "sink": c.name,
+                        "threads": threads,
+                        "rounds": args.rounds,
+                        "ns_per_call": round(statistics.median(ns), 1),
+                        "calls_per_s": round(threads / statistics.median(ns) * 1e9),
+                        "ours_bytes_over_this": round(ratio, 4),
+                    }
+                ),
+                flush=True,
+            )
             c.close()
 
 

@@ -11,7 +11,8 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -86,7 +87,9 @@ class Gate:
         self.opened.set()
 
 
-def run_python(code: str, timeout: float = 60.0, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, timeout: float = 60.0, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Runs `code` in a fresh interpreter (this one's), with a hard timeout."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -70,7 +70,7 @@ def test_the_dispatch_function_gets_the_very_objects_in_order(recorder: Recorder
     assert d.flush(PATIENCE)
     delivered = recorder.delivered
     assert len(delivered) == len(entries)
-    assert all(a is b for a, b in zip(delivered, entries)), "entries must not be copied or serialised"
+    assert all(a is b for a, b in zip(delivered, entries, strict=True)), "entries must not be copied or serialised"
     assert isinstance(recorder.batches[0], list)
     assert recorder.threads[0] != threading.get_ident()
     d.close()
@@ -108,7 +108,7 @@ def test_first_entry_opens_a_window_and_starts_are_ms_delay_apart(recorder: Reco
         time.sleep(0.0005)
     wait_until(lambda: len(recorder.batches) >= 4, "several windows")
     starts = recorder.times[:4]
-    assert all(b - a >= delay for a, b in zip(starts, starts[1:])), starts
+    assert all(b - a >= delay for a, b in zip(starts, starts[1:], strict=False)), starts
     assert all(batch for batch in recorder.batches), "an empty batch was dispatched"
     d.close()
 
@@ -159,7 +159,9 @@ def test_drop_newest_refuses_and_counts(recorder: Recorder) -> None:
 
 def test_drop_oldest_hands_the_evicted_to_on_drop(recorder: Recorder) -> None:
     gate = Gate()
-    d = BackgroundDispatcher[Any](gate, ms_delay=1, max_queue_entries=2, overflow="drop_oldest", on_drop=recorder.on_drop)
+    d = BackgroundDispatcher[Any](
+        gate, ms_delay=1, max_queue_entries=2, overflow="drop_oldest", on_drop=recorder.on_drop
+    )
     d.enqueue("held")
     assert gate.waiting.wait(PATIENCE)
     assert all(d.enqueue(i) for i in range(5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
@@ -85,6 +86,10 @@ def test_aflush_and_aclose_inside_an_async_dispatch_function_refuse() -> None:
     assert outcomes == ["refused", "refused"]
 
 
+def _in_flight(d: BackgroundDispatcher[Any]) -> bool:
+    return d.stats.in_flight_entries == 1
+
+
 def test_del_after_a_timed_out_close_does_not_wait_again() -> None:
     release = threading.Event()
 
@@ -93,7 +98,8 @@ def test_del_after_a_timed_out_close_does_not_wait_again() -> None:
 
     d = BackgroundDispatcher[Any](stuck, ms_delay=1)
     d.enqueue(1)
-    wait_until(lambda: d.stats.in_flight_entries == 1, "the batch to be in flight")
+    # A temporary partial, not a closure over `d`: the test deletes the name below.
+    wait_until(functools.partial(_in_flight, d), "the batch to be in flight")
     assert d.close(timeout=0.05) is False
     start = time.monotonic()
     del d
@@ -127,7 +133,8 @@ def test_a_dispatcher_dropped_on_its_loop_thread_still_delivers_at_exit(tmp_path
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> None:
     # Forked while the private loop runs a batch, and once from inside a coroutine.
-    proc = run_python("""
+    proc = run_python(
+        """
         import asyncio, json, os, threading
         from background_dispatcher import BackgroundDispatcher
 
@@ -173,6 +180,8 @@ def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> No
         asyncio.run(main())
         d.close(10)
         print(json.dumps(results))
-    """, timeout=90)
+    """,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {"private_loop_child": 0, "app_loop_child": 0}

@@ -45,7 +45,9 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def child(body: str, out: Path, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def child(
+    body: str, out: Path, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Runs PRELUDE + `body` in a fresh interpreter, with $BD_OUT = `out`."""
     return run_python(PRELUDE + textwrap.dedent(body), timeout=timeout, env={"BD_OUT": str(out), **(env or {})})
 
@@ -427,8 +429,13 @@ def _fork_child(d: BackgroundDispatcher[Any], received: list[Any], report: int) 
     closed = d.close(timeout=30)
     mine = received[base:]
     ok = empty == [0, 0, 0, 0] and accepted == 1000 and closed and mine == [("child", i) for i in range(1000)]
-    info = {"empty": empty, "accepted": accepted, "closed": closed, "received": len(mine),
-            "foreign": [e for e in mine if e[0] != "child"][:5]}
+    info = {
+        "empty": empty,
+        "accepted": accepted,
+        "closed": closed,
+        "received": len(mine),
+        "foreign": [e for e in mine if e[0] != "child"][:5],
+    }
     os.write(report, json.dumps(info).encode())
     return 0 if ok else 1
 
@@ -473,7 +480,11 @@ def test_fork_while_threads_enqueue() -> None:
     try:
         for n in range(20):
             goal = sum(len(v) for v in accepted.values()) + 5000
-            wait_until(lambda: sum(len(v) for v in accepted.values()) >= goal, "the producers to make progress")
+
+            def progressed(goal: int = goal) -> bool:
+                return sum(len(v) for v in accepted.values()) >= goal
+
+            wait_until(progressed, "the producers to make progress")
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:  # the child: never return into pytest
@@ -651,7 +662,9 @@ def test_unreachable_dispatcher_is_closed_and_delivers() -> None:
     has_proc = os.path.isdir("/proc/self/task")
     threads_before = os_threads() if has_proc else 0
     received: list[int] = []
-    d: BackgroundDispatcher[Entry] = BackgroundDispatcher(lambda batch: received.extend(e.n for e in batch), ms_delay=60_000)
+    d: BackgroundDispatcher[Entry] = BackgroundDispatcher(
+        lambda batch: received.extend(e.n for e in batch), ms_delay=60_000
+    )
     entries = [Entry(i) for i in range(100)]
     refs = [weakref.ref(e) for e in entries]
     assert d.enqueue_many(entries) == 100

@@ -6,6 +6,9 @@ groups them, and on its own thread hands each group to your dispatch function at
 the full semantics, and the stub (``_background_dispatcher.pyi``) for every parameter.
 
 At interpreter exit every live dispatcher is closed, within ``exit_timeout`` seconds in all.
+
+``background_dispatcher.logging.DispatchingHandler`` is a ``logging.Handler`` built on it, for
+shipping log records to a collector.
 """
 
 from __future__ import annotations

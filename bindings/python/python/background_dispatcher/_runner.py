@@ -13,7 +13,8 @@ import inspect
 import logging
 import os
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Runner", "in_batch"]
 
@@ -38,7 +39,7 @@ async def _await(awaitable: Any) -> Any:
 
 
 def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 - an async __call__, not callability
 
 
 class Runner:
@@ -49,13 +50,13 @@ class Runner:
     def __init__(
         self,
         fn: Callable[[list[Any]], Any],
-        on_error: Optional[Callable[[BaseException, list[Any]], Any]],
-        on_drop: Optional[Callable[[list[Any], str], Any]],
+        on_error: Callable[[BaseException, list[Any]], Any] | None,
+        on_drop: Callable[[list[Any], str], Any] | None,
     ) -> None:
         self.fn = fn
         self.on_error = on_error
         self.on_drop = on_drop
-        self.app_loop: Optional[asyncio.AbstractEventLoop] = None
+        self.app_loop: asyncio.AbstractEventLoop | None = None
         if _is_async(fn):
             try:
                 # Created inside a running loop: async batches run there, next to the app's
@@ -63,7 +64,7 @@ class Runner:
                 self.app_loop = asyncio.get_running_loop()
             except RuntimeError:
                 pass
-        self._private_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._private_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
