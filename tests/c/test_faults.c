@@ -593,8 +593,9 @@ static void fault_retry_shutdown(void) {
     o.retry_backoff_ms = 60000;
     o.retry_backoff_max_ms = 60000;
     o.on_drop = retry_wait_drop;
+    o.max_batch_entries = 10; /* the 10 go at once, as one batch (size trigger) */
     bd_dispatcher *d = NULL;
-    CHECK_STATUS(bd_new(retry_wait_dispatch, &rw, 5, &o, &d), BD_STATUS_OK);
+    CHECK_STATUS(bd_new(retry_wait_dispatch, &rw, 60000, &o, &d), BD_STATUS_OK);
     for (uint32_t i = 0; i < 10; i++) {
         CHECK_STATUS(enqueue_tagged(d, 1, i), BD_STATUS_OK);
     }
