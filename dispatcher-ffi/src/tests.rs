@@ -135,6 +135,10 @@ fn oversized_len_is_refused_before_data_is_read() {
     assert_eq!(bd_enqueue(d, ptr::null(), usize::MAX), bd_status::NullArg);
     let mut stats = bd_stats::default();
     assert_eq!(bd_stats_get(d, &mut stats), bd_status::Ok);
-    assert_eq!((stats.enqueued, stats.rejected), (0, 3), "refusals are counted");
+    assert_eq!(
+        (stats.enqueued, stats.rejected),
+        (0, 3),
+        "refusals are counted"
+    );
     bd_free(d);
 }
