@@ -148,6 +148,12 @@ test-install: build $(VENV)/.installed ## make install into temporary prefixes; 
 	PATH="$(BIN):$$PATH" MAKE="$(MAKE)" CMAKE="$(CMAKE)" PKG_CONFIG="$(PKG_CONFIG)" CC="$(CC)" \
 		SONAME="$(SONAME)" REALNAME="$(REALNAME)" VERSION="$(VERSION)" sh tests/install/run.sh
 
+.PHONY: test-c-reliability
+test-c-reliability: build $(VENV)/.installed ## Only the C reliability tests (ctest -L reliability), figures shown
+	$(CMAKE) -S tests/c -B $(C_BUILD) -DBD_ROOT=$(CURDIR) -DCMAKE_BUILD_TYPE=Debug > /dev/null
+	$(CMAKE) --build $(C_BUILD) -j $(JOBS) > /dev/null
+	$(CTEST) --test-dir $(C_BUILD) --output-on-failure -j $(JOBS) -L reliability -V
+
 .PHONY: test-python
 test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and mypy --strict
 	cd tests/python && $(PY) -m pytest -q

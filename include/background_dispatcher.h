@@ -63,8 +63,8 @@ enum bd_status
    */
   BD_STATUS_QUEUE_FULL = 3,
   /**
-   * The entry is larger than `max_batch_bytes` or `max_queue_bytes` (or 4 GiB). It was not
-   * queued.
+   * The entry is larger than `max_batch_bytes` or `max_queue_bytes`, or 4 GiB or larger. It
+   * was not queued (and its bytes were not read).
    */
   BD_STATUS_TOO_LARGE = 4,
   /**
@@ -362,7 +362,10 @@ bd_status bd_new(bd_dispatch_fn dispatch,
  * Returns at once (no allocation in steady state, no syscall), except with
  * `BD_OVERFLOW_BLOCK` on a full queue. `data` may be NULL only if `len` is 0.
  * Returns `BD_STATUS_NULL_ARG`, `BD_STATUS_QUEUE_FULL`, `BD_STATUS_TOO_LARGE`,
- * `BD_STATUS_CLOSED`, or `BD_STATUS_THREAD_SPAWN` (first enqueue in a fork child).
+ * `BD_STATUS_CLOSED`, or `BD_STATUS_THREAD_SPAWN` (first enqueue in a fork child). The
+ * arguments are checked first: after `bd_shutdown`, a NULL `data` still gives
+ * `BD_STATUS_NULL_ARG` and an oversized `len` `BD_STATUS_TOO_LARGE`; any other entry gets
+ * `BD_STATUS_CLOSED`.
  */
 bd_status bd_enqueue(const struct bd_dispatcher *d, const uint8_t *data, size_t len);
 
@@ -404,8 +407,8 @@ bd_status bd_stats_get(const struct bd_dispatcher *d, struct bd_stats *out);
 void bd_free(struct bd_dispatcher *d);
 
 /**
- * A static, NUL-terminated description of any status value (unknown values included).
- * Never NULL; do not free.
+ * A static, NUL-terminated description of any status value. Never NULL; do not free.
+ * Values that are not a `bd_status` all give the same text, "unknown status".
  */
 const char *bd_status_str(uint32_t status);
 

@@ -50,8 +50,8 @@ pub enum bd_status {
     InvalidOptions = 2,
     /// The queue is full and the overflow policy refused the entry. It was not queued.
     QueueFull = 3,
-    /// The entry is larger than `max_batch_bytes` or `max_queue_bytes` (or 4 GiB). It was not
-    /// queued.
+    /// The entry is larger than `max_batch_bytes` or `max_queue_bytes`, or 4 GiB or larger. It
+    /// was not queued (and its bytes were not read).
     TooLarge = 4,
     /// The dispatcher is shut down. The entry was not queued.
     Closed = 5,
@@ -93,6 +93,9 @@ pub const BD_OPTIONS_VERSION: u32 = 0x6264_0001;
 
 /// `bd_flush` / `bd_shutdown` timeout meaning "no deadline".
 pub const BD_NO_TIMEOUT: u64 = u64::MAX;
+
+/// The longest entry `dispatcher_core` can hold (its records store lengths as `u32`).
+const MAX_ENTRY_LEN: usize = u32::MAX as usize;
 
 /// One entry of a batch. `data` is borrowed for the duration of the callback only, is not
 /// NUL-terminated and has no alignment guarantee; `len` may be 0.
@@ -429,7 +432,10 @@ pub extern "C" fn bd_new(
 /// Returns at once (no allocation in steady state, no syscall), except with
 /// `BD_OVERFLOW_BLOCK` on a full queue. `data` may be NULL only if `len` is 0.
 /// Returns `BD_STATUS_NULL_ARG`, `BD_STATUS_QUEUE_FULL`, `BD_STATUS_TOO_LARGE`,
-/// `BD_STATUS_CLOSED`, or `BD_STATUS_THREAD_SPAWN` (first enqueue in a fork child).
+/// `BD_STATUS_CLOSED`, or `BD_STATUS_THREAD_SPAWN` (first enqueue in a fork child). The
+/// arguments are checked first: after `bd_shutdown`, a NULL `data` still gives
+/// `BD_STATUS_NULL_ARG` and an oversized `len` `BD_STATUS_TOO_LARGE`; any other entry gets
+/// `BD_STATUS_CLOSED`.
 #[unsafe(no_mangle)]
 pub extern "C" fn bd_enqueue(d: *const bd_dispatcher, data: *const u8, len: usize) -> bd_status {
     ffi_boundary!(bd_status::Panic, {
@@ -437,6 +443,12 @@ pub extern "C" fn bd_enqueue(d: *const bd_dispatcher, data: *const u8, len: usiz
         let bytes: &[u8] = match (data.is_null(), len) {
             (true, 0) => &[],
             (true, _) => return bd_status::NullArg,
+            // No entry can be this long: refused (and counted) on the length alone, charged
+            // with nothing to copy. `data` is never read, and no slice of `len` bytes is
+            // formed, which above `isize::MAX` would be undefined behaviour.
+            (false, _) if len > MAX_ENTRY_LEN => {
+                return status(d.dispatcher.enqueue_charged(&[], len));
+            }
             // SAFETY: the caller promises `len` readable bytes at `data`.
             (false, _) => unsafe { std::slice::from_raw_parts(data, len) },
         };
@@ -514,8 +526,8 @@ pub extern "C" fn bd_free(d: *mut bd_dispatcher) {
     })
 }
 
-/// A static, NUL-terminated description of any status value (unknown values included).
-/// Never NULL; do not free.
+/// A static, NUL-terminated description of any status value. Never NULL; do not free.
+/// Values that are not a `bd_status` all give the same text, "unknown status".
 #[unsafe(no_mangle)]
 pub extern "C" fn bd_status_str(status: u32) -> *const c_char {
     ffi_boundary!(c"internal panic".as_ptr(), {

@@ -117,3 +117,28 @@ fn bad_arguments_change_nothing() {
     );
     bd_free(out);
 }
+
+#[test]
+fn oversized_len_is_refused_before_data_is_read() {
+    // A `len` no entry can have is refused on its size alone: `data` (one byte here) is never
+    // read, and no slice of that length is formed (which would be undefined behaviour, and a
+    // non-unwinding panic under debug assertions).
+    let mut d: *mut bd_dispatcher = ptr::null_mut();
+    assert_eq!(
+        bd_new(Some(ok_dispatch), ptr::null_mut(), 10, ptr::null(), &mut d),
+        bd_status::Ok
+    );
+    let byte = 7u8;
+    for len in [u32::MAX as usize + 1, isize::MAX as usize + 1, usize::MAX] {
+        assert_eq!(bd_enqueue(d, &byte, len), bd_status::TooLarge, "len {len}");
+    }
+    assert_eq!(bd_enqueue(d, ptr::null(), usize::MAX), bd_status::NullArg);
+    let mut stats = bd_stats::default();
+    assert_eq!(bd_stats_get(d, &mut stats), bd_status::Ok);
+    assert_eq!(
+        (stats.enqueued, stats.rejected),
+        (0, 3),
+        "refusals are counted"
+    );
+    bd_free(d);
+}
