@@ -48,11 +48,8 @@ check-header: $(CBINDGEN) ## Fail if the committed header is stale
 		|| { echo "include/background_dispatcher.h is stale: run 'make header' and commit it"; exit 1; }
 
 .PHONY: demo
-demo: build ## Run the C demo: threads logging requests into one dispatcher
-	@mkdir -p build
-	$(CC) -std=c11 -O2 -Wall -Wextra -Iinclude examples/c/request_log.c -o build/request_log \
-		-L$(LIB_DIR) -lbackground_dispatcher -Wl,-rpath,$(LIB_DIR) -lpthread
-	./build/request_log
+demo: python ## The gateway demo: threads log requests, batches are POSTed to a log collector
+	$(PY) examples/python/gateway_demo.py $(DEMO_ARGS)
 
 .PHONY: python
 python: $(VENV)/.installed ## Build and install the Python package into .venv
