@@ -8,10 +8,14 @@ demo fail: the check can fail.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "python" / "gateway_demo.py"
@@ -77,3 +81,36 @@ def test_help() -> None:
     assert proc.returncode == 0
     for option in ("--duration", "--threads", "--rate", "--ms-delay", "--collector", "--serve"):
         assert option in proc.stdout
+
+
+def test_collector_counts_only_valid_ndjson() -> None:
+    # The collector is the demo's oracle: it must count lines exactly and refuse a body with
+    # a line that is not JSON (the whole batch, so that batch fails in the gateway).
+    spec = importlib.util.spec_from_file_location("gateway_demo", DEMO)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    collector = demo.Collector()
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    try:
+        def post(body: bytes, url: str = collector.url) -> int:
+            request = urllib.request.Request(url, data=body, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        statuses = [
+            post(b'{"a": 1}\n{"b": 2}\n\n{"c": 3}\n'),  # 3 entries; the blank line is not one
+            post(b'{"a": 1}\nnot json\n'),
+            post(b'{"a": 1}\n', url=collector.url.replace("/logs", "/other")),
+            post(b'[4]'),  # a last line without its newline still counts
+        ]
+        counts = demo.collector_counts(collector.url)
+        print(f"statuses {statuses}, counts {counts}")
+        assert statuses == [204, 400, 404, 204]
+        assert counts == {"entries": 4, "batches": 2}
+    finally:
+        collector.shutdown()
+        collector.server_close()
