@@ -211,13 +211,17 @@ static void *serve_requests(void *arg) {
         struct timespec wall;
         clock_gettime(CLOCK_REALTIME, &wall);
         uint64_t r = next_random(&rng);
-        const char *path = PATHS[r % COUNT(PATHS)];
+        const char *route = PATHS[r % COUNT(PATHS)];
+        char path[32];
+        if (route[strlen(route) - 1] == '/') /* "/v1/users/" takes an id */
+            snprintf(path, sizeof path, "%s%u", route, (unsigned)((r >> 40) % 10000));
+        else
+            snprintf(path, sizeof path, "%s", route);
         int len = snprintf(line, sizeof line,
                            "{\"ts\":%.3f,\"request_id\":\"%016" PRIx64 "\",\"worker\":%u,\"method\":\"%s\","
-                           "\"path\":\"%s%s\",\"status\":%d,\"latency_ms\":%.2f}",
+                           "\"path\":\"%s\",\"status\":%d,\"latency_ms\":%.2f}",
                            (double)wall.tv_sec + (double)wall.tv_nsec / 1e9, next_random(&rng), w->index,
-                           METHODS[(r >> 8) % COUNT(METHODS)], path,
-                           path[strlen(path) - 1] == '/' ? "1234" : "", STATUSES[(r >> 16) % COUNT(STATUSES)],
+                           METHODS[(r >> 8) % COUNT(METHODS)], path, STATUSES[(r >> 16) % COUNT(STATUSES)],
                            (double)((r >> 24) % 20000) / 100.0);
         /* The request handler's whole logging cost. A refusal (queue full) shows in stats. */
         uint64_t start = now_ns();
@@ -253,6 +257,11 @@ static const char USAGE[] =
     "  --out FILE             write the batches to FILE (default gateway_logs.ndjson)\n"
     "  --collector URL        POST each batch to URL instead\n";
 
+static int usage_error(const char *what, const char *detail) {
+    fprintf(stderr, "gateway_demo: %s %s\n\n%s", what, detail, USAGE);
+    return 2;
+}
+
 int main(int argc, char **argv) {
     double duration = 5, rate = 2000;
     unsigned long threads = 4, ms_delay = 100, max_attempts = 1;
@@ -260,8 +269,11 @@ int main(int argc, char **argv) {
     const char *out = "gateway_logs.ndjson", *collector = NULL;
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) return fputs(USAGE, stdout), 0;
-        if (!value) return fprintf(stderr, "%s: missing value\n%s", opt, USAGE), 2;
+        if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        if (!value) return usage_error("missing value after", opt);
         i++;
         if (!strcmp(opt, "--duration")) duration = atof(value);
         else if (!strcmp(opt, "--rate")) rate = atof(value);
@@ -272,18 +284,19 @@ int main(int argc, char **argv) {
         else if (!strcmp(opt, "--max-attempts")) max_attempts = strtoul(value, NULL, 10);
         else if (!strcmp(opt, "--out")) out = value;
         else if (!strcmp(opt, "--collector")) collector = value;
-        else return fprintf(stderr, "unknown option %s\n%s", opt, USAGE), 2;
+        else return usage_error("unknown option", opt);
     }
     if (threads < 1 || threads > MAX_THREADS || duration < 0 || rate < 0)
-        return fprintf(stderr, "--threads must be 1 to 64, --duration and --rate not negative\n"), 2;
+        return usage_error("--threads must be 1 to 64, --duration and --rate not negative:", "");
 
     static shipper ship; /* static: it outlives a worker that a timed-out shutdown leaves running */
     long long before = 0;
     if (collector) {
-        if (!parse_url(collector, &ship.collector)) return fprintf(stderr, "not an http:// URL: %s\n", collector), 2;
+        if (!parse_url(collector, &ship.collector)) return usage_error("not an http://HOST:PORT/PATH URL:", collector);
         before = collector_count(&ship.collector); /* a shared collector counts others too */
     } else if (!(ship.file = fopen(out, "w"))) {
-        return perror(out), 1;
+        perror(out);
+        return 1;
     }
 
     bd_options options;
@@ -293,7 +306,7 @@ int main(int argc, char **argv) {
     options.max_attempts = (uint32_t)max_attempts;
     bd_dispatcher *d = NULL;
     bd_status rc = bd_new(ship_batch, &ship, ms_delay, &options, &d);
-    if (rc != BD_STATUS_OK) return fprintf(stderr, "bd_new: %s\n", bd_status_str(rc)), 2;
+    if (rc != BD_STATUS_OK) return usage_error("bd_new:", bd_status_str(rc)); /* e.g. --ms-delay 0 */
 
     printf("gateway (C, background-dispatcher %s): %lu threads for %g s, ", bd_version(), threads, duration);
     if (rate > 0) printf("%g requests/s in total", rate);
@@ -306,13 +319,16 @@ int main(int argc, char **argv) {
         workers[i] = (worker){.dispatcher = d, .index = i, .until_ns = until,
                               .interval_ns = rate > 0 ? (uint64_t)(1e9 * (double)threads / rate) : 0,
                               .enqueue_ns = malloc(SAMPLES * sizeof(uint32_t))};
-        if (!workers[i].enqueue_ns || pthread_create(&ids[i], NULL, serve_requests, &workers[i]) != 0)
-            return fprintf(stderr, "cannot start worker %u\n", i), 1;
+        if (!workers[i].enqueue_ns || pthread_create(&ids[i], NULL, serve_requests, &workers[i]) != 0) {
+            fprintf(stderr, "cannot start worker %u\n", i);
+            return 1;
+        }
     }
 
     bool tty = isatty(STDOUT_FILENO); /* redraw one line on a terminal; a line per second in a log */
+    uint64_t period_ns = tty ? 100000000u : 1000000000u;
     for (uint64_t now = now_ns(); now < until; now = now_ns()) {
-        uint64_t wait = until - now < (tty ? 100000000u : 1000000000u) ? until - now : (tty ? 100000000u : 1000000000u);
+        uint64_t wait = until - now < period_ns ? until - now : period_ns;
         nanosleep(&(struct timespec){(time_t)(wait / 1000000000u), (long)(wait % 1000000000u)}, NULL);
         uint64_t served = 0;
         for (unsigned i = 0; i < threads; i++) served += atomic_load_explicit(&workers[i].served, memory_order_relaxed);

@@ -2,18 +2,19 @@
 # then checks the file independently of the demo's own summary: one line per entry the demo
 # says the dispatcher accepted, every line a JSON object with a request_id, no line twice.
 #
-#   cmake -DDEMO=<gateway_demo executable> -DOUT=<file> -P demo_check.cmake
+#   cmake -DDEMO=<gateway_demo executable> -DOUT=<file> [-DLAUNCHER="valgrind --args"] -P demo_check.cmake
 foreach(var DEMO OUT)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "usage: cmake -DDEMO=<exe> -DOUT=<file> -P demo_check.cmake")
   endif()
 endforeach()
 file(REMOVE "${OUT}")
+separate_arguments(launcher UNIX_COMMAND "${LAUNCHER}")
 
 string(TIMESTAMP t0 "%s")
 execute_process(
-  COMMAND "${DEMO}" --duration 1 --threads 4 --rate 4000 --ms-delay 50 --out "${OUT}"
-  OUTPUT_VARIABLE output ERROR_VARIABLE errors RESULT_VARIABLE rc TIMEOUT 60)
+  COMMAND ${launcher} "${DEMO}" --duration 1 --threads 4 --rate 4000 --ms-delay 50 --out "${OUT}"
+  OUTPUT_VARIABLE output ERROR_VARIABLE errors RESULT_VARIABLE rc TIMEOUT 300)
 string(TIMESTAMP t1 "%s")
 message("${output}${errors}")
 if(NOT rc EQUAL 0)
