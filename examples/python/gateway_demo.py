@@ -32,6 +32,7 @@ import argparse
 import array
 import json
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -266,6 +267,7 @@ def serve(args: argparse.Namespace, command: list[str]) -> int:
     threading.Thread(target=collector.serve_forever, name="collector", daemon=True).start()
     print(f"collector listening on {collector.url}", flush=True)
     status = 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         if command:
             status = subprocess.run([*command, "--collector", collector.url], timeout=args.timeout).returncode

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -114,3 +116,30 @@ def test_collector_counts_only_valid_ndjson() -> None:
     finally:
         collector.shutdown()
         collector.server_close()
+
+
+def test_two_gateways_share_a_standalone_collector() -> None:
+    # `--serve` alone runs until SIGTERM (or Ctrl-C); each gateway counts only its own entries
+    # through the collector's GET /stats (before and after), and the collector's total is the sum.
+    server = subprocess.Popen([sys.executable, str(DEMO), "--serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], TIMEOUT)
+        assert ready, "the collector did not say where it listens"
+        url = server.stdout.readline().split()[-1]
+        enqueued = []
+        for threads in ("2", "3"):
+            proc = run_demo("--duration", "0.5", "--threads", threads, "--collector", url)
+            s = summary(proc.stdout)
+            assert proc.returncode == 0
+            assert s["collector received"] == s["entries enqueued"] > 0
+            enqueued.append(s["entries enqueued"])
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=TIMEOUT)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=TIMEOUT)
+    print(f"gateways enqueued {enqueued}; the collector said: {rest.strip()}")
+    assert server.returncode == 0
+    assert f"collector received {sum(enqueued)} entries" in rest
