@@ -114,18 +114,33 @@ check-header: $(CBINDGEN) ## Fail if the committed header is stale
 		|| { echo "include/background_dispatcher.h is stale: run 'make header' and commit it"; exit 1; }
 
 .PHONY: demo
-demo: build ## Run the C demo: threads logging requests into one dispatcher
+demo: python ## The gateway demo: threads log requests, batches are POSTed to a log collector
+	$(PY) examples/python/gateway_demo.py $(DEMO_ARGS)
+
+# The C demo, linked like every C consumer of the library (rebuilt whenever `build` runs).
+# gateway_demo.py --serve runs it as `build/gateway_demo ARGS --collector URL` and serves URL.
+DEMO_C := build/gateway_demo
+DEMO_C_RUN := $(PY) examples/python/gateway_demo.py --serve --timeout 120 -- ./$(DEMO_C)
+
+$(DEMO_C): build examples/c/gateway_demo.c $(HEADER)
 	@mkdir -p build
-	$(CC) -std=c11 -O2 -Wall -Wextra -Iinclude examples/c/request_log.c -o build/request_log \
+	$(CC) -std=c11 -O2 -Wall -Wextra -Iinclude examples/c/gateway_demo.c -o $(DEMO_C) \
 		-L$(LIB_DIR) -lbackground_dispatcher -Wl,-rpath,$(LIB_DIR) -lpthread
-	./build/request_log
+
+.PHONY: demo-c
+demo-c: $(DEMO_C) python ## The C gateway demo, POSTing its batches to the Python demo's collector
+	$(DEMO_C_RUN) $(DEMO_ARGS)
+
+.PHONY: test-demo-c
+test-demo-c: $(DEMO_C) python ## The C demo over HTTP for a second: the collector must count every entry
+	$(DEMO_C_RUN) --duration 1
 
 .PHONY: python
 python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: lint check-header test-rust test-reliability-rust test-c test-install test-wheel test-python ## Run every test (what CI runs)
+test: lint check-header test-rust test-reliability-rust test-c test-install test-wheel test-demo-c test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
