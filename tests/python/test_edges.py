@@ -130,6 +130,45 @@ def test_a_dispatcher_dropped_on_its_loop_thread_still_delivers_at_exit(tmp_path
     assert sorted(int(x) for x in out.read_text().split()) == list(range(5))
 
 
+def test_a_batch_offered_to_a_stopping_loop_before_it_started_runs_on_the_private_loop(tmp_path: Path) -> None:
+    # The loop is held (synchronously) until the worker has handed it a batch, so the batch is
+    # offered to a loop that stops before running it: it must still be delivered, once, even
+    # with no retries allowed.
+    out = tmp_path / "delivered.txt"
+    proc = run_python(f"""
+        import asyncio, threading
+        from background_dispatcher import BackgroundDispatcher
+
+        offered = threading.Event()
+        submit = asyncio.run_coroutine_threadsafe
+
+        def spy(coro, loop):  # the worker hands the batch to the loop
+            future = submit(coro, loop)
+            offered.set()
+            return future
+
+        asyncio.run_coroutine_threadsafe = spy
+
+        async def send(entries):
+            with open({str(out)!r}, "a") as f:
+                f.writelines(f"{{e}}\\n" for e in entries)
+
+        async def main():
+            d = BackgroundDispatcher(send, ms_delay=1, max_attempts=1)
+            d.enqueue("offered")
+            assert offered.wait({PATIENCE}), "batch never offered"  # holds the loop
+            return d  # asyncio.run now cancels the task before it starts, and closes the loop
+
+        d = asyncio.run(main())
+        assert d.close(timeout={PATIENCE}), "close timed out"
+        s = d.stats
+        assert (s.dispatched, s.failed) == (1, 0), s
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(m in proc.stdout + proc.stderr for m in CRASH_MARKERS)
+    assert out.read_text().split() == ["offered"]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> None:
     # Forked while the private loop runs a batch, and once from inside a coroutine.

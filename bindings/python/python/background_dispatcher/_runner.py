@@ -33,7 +33,29 @@ def in_batch() -> bool:
     return _IN_BATCH.get()
 
 
-async def _await(awaitable: Any) -> Any:
+class _Handoff:
+    """A batch offered to the app's event loop. Whichever side claims it first runs it: the
+    loop, when the task starts, or the worker, when the loop stopped (or cancelled the task)
+    before that. A batch that never started can then run on the private loop, as the same
+    attempt, with no risk of running twice."""
+
+    __slots__ = ("_lock", "_claimed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claimed = False
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+
+async def _await(awaitable: Any, handoff: _Handoff | None = None) -> Any:
+    if handoff is not None and not handoff.claim():
+        return None  # the worker took the batch back: the loop was stopping
     _IN_BATCH.set(True)  # in this batch's task context only
     return await awaitable
 
@@ -110,16 +132,25 @@ class Runner:
     def _run(self, awaitable: Any) -> None:
         app_loop = self.app_loop
         if app_loop is not None and app_loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(_await(awaitable), app_loop)
+            handoff = _Handoff()
+            future = asyncio.run_coroutine_threadsafe(_await(awaitable, handoff), app_loop)
             while True:
                 try:
                     future.result(timeout=_LOOP_CHECK_SECONDS)
                     return
+                except concurrent.futures.CancelledError:
+                    # The loop cancelled the task as it shut down (asyncio.run returning).
+                    if handoff.claim():
+                        break  # before it started: run it on the private loop below
+                    raise  # while it ran: this attempt failed
                 except concurrent.futures.TimeoutError:
                     if app_loop.is_closed() or not app_loop.is_running():
                         future.cancel()
+                        if handoff.claim():
+                            break
                         raise RuntimeError("the event loop running this dispatcher's batches stopped") from None
-        # No app loop, or it has stopped: run on the dispatcher's own loop, on this thread.
+        # No app loop, or it stopped before the batch started: run on the dispatcher's own
+        # loop, on this thread.
         with self._lock:
             if self._private_loop is None or self._private_loop.is_closed():
                 self._private_loop = asyncio.new_event_loop()
