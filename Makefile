@@ -184,7 +184,7 @@ lint: $(VENV)/.installed ## ruff check and format, mypy --strict (package and te
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# The package's source and stub, not an installed copy: lint needs no build.
-	MYPYPATH=bindings/python/python $(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python tests/wheel
+	MYPYPATH=bindings/python/python $(PY) -m mypy --strict bindings/python/python/background_dispatcher tests/python tests/wheel examples/python
 	cargo fmt --all --check
 	@# pyo3's build script needs an interpreter: the pinned venv's, as `make python` builds with.
 	PYO3_PYTHON=$(PY) cargo clippy --quiet --workspace --all-targets -- -D warnings

@@ -195,7 +195,9 @@ def run_gateway(args: argparse.Namespace) -> int:
         on_error=shipper.on_error,
     )
     pace = f"{args.rate:g} requests/s in total" if args.rate else "unpaced"
-    print(f"gateway: {args.threads} threads for {args.duration:g} s, {pace}, ms_delay {args.ms_delay:g}; collector {url}")
+    print(
+        f"gateway: {args.threads} threads for {args.duration:g} s, {pace}, ms_delay {args.ms_delay:g}; collector {url}"
+    )
     started = time.monotonic()
     until = started + args.duration
     workers = [Worker(i, dispatcher, args.rate / args.threads, until) for i in range(args.threads)]
@@ -206,8 +208,10 @@ def run_gateway(args: argparse.Namespace) -> int:
     while any(worker.is_alive() for worker in workers):
         time.sleep(min(0.1 if tty else 1.0, max(0.01, until - time.monotonic())))
         s = dispatcher.stats
-        line = (f"[{time.monotonic() - started:4.1f} s] requests {sum(w.served for w in workers):>8}  "
-                f"enqueued {s.enqueued:>8}  batches {s.batches:>5}  queue depth {s.queued_entries + s.in_flight_entries:>6}")
+        line = (
+            f"[{time.monotonic() - started:4.1f} s] requests {sum(w.served for w in workers):>8}  "
+            f"enqueued {s.enqueued:>8}  batches {s.batches:>5}  queue depth {s.queued_entries + s.in_flight_entries:>6}"
+        )
         print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
     for worker in workers:
         worker.join()
@@ -222,8 +226,15 @@ def run_gateway(args: argparse.Namespace) -> int:
     return report(args, dispatcher.stats, shipper, workers, closing, delivered, received)
 
 
-def report(args: argparse.Namespace, s: DispatcherStats, shipper: Shipper, workers: list[Worker],
-           closing: float, delivered: bool, received: int | None) -> int:
+def report(
+    args: argparse.Namespace,
+    s: DispatcherStats,
+    shipper: Shipper,
+    workers: list[Worker],
+    closing: float,
+    delivered: bool,
+    received: int | None,
+) -> int:
     """Prints the summary; 0 if the collector counted exactly the entries the gateway enqueued."""
 
     def row(label: str, value: object) -> None:
@@ -231,7 +242,7 @@ def report(args: argparse.Namespace, s: DispatcherStats, shipper: Shipper, worke
 
     costs = sorted(ns for worker in workers for ns in worker.enqueue_ns)
     # Window to window: only batches started while traffic flowed (the close does not wait).
-    gaps = [(b - a) * 1000 for a, b in zip(shipper.starts, shipper.starts[1:]) if b < closing]
+    gaps = [(b - a) * 1000 for a, b in zip(shipper.starts, shipper.starts[1:], strict=False) if b < closing]
     dropped = s.rejected + s.failed + s.evicted + s.abandoned
     row("requests served", sum(w.served for w in workers))
     row("entries enqueued", f"{s.enqueued} (accepted; {s.rejected} rejected)")
@@ -241,11 +252,16 @@ def report(args: argparse.Namespace, s: DispatcherStats, shipper: Shipper, worke
     if gaps:
         # Measured in Python: a start that waited for the GIL makes the next gap look short.
         why = "; a batch that waited for the GIL started late" if min(gaps) < args.ms_delay else ""
-        row("dispatch interval", f"mean {sum(gaps) / len(gaps):.1f} ms, min {min(gaps):.1f} ms (ms_delay {args.ms_delay:g}{why})")
+        row(
+            "dispatch interval",
+            f"mean {sum(gaps) / len(gaps):.1f} ms, min {min(gaps):.1f} ms (ms_delay {args.ms_delay:g}{why})",
+        )
     if costs:
         p50, p99 = costs[len(costs) // 2], costs[len(costs) * 99 // 100]
         row("enqueue cost", f"p50 {p50 / 1000:.2f} us, p99 {p99 / 1000:.2f} us (with the clock reads)")
-    row("dropped", f"{dropped} (rejected {s.rejected}, failed {s.failed}, evicted {s.evicted}, abandoned {s.abandoned})")
+    row(
+        "dropped", f"{dropped} (rejected {s.rejected}, failed {s.failed}, evicted {s.evicted}, abandoned {s.abandoned})"
+    )
     if received is None:
         row("collector received", "unknown (no GET /stats beside the collector's URL)")
         return 0 if delivered and dropped == 0 else 1
@@ -284,7 +300,7 @@ def serve(args: argparse.Namespace, command: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     # Everything after "--" is the command that --serve runs (argparse would take its options).
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
         description="An API gateway shipping request logs, in batches, to a log collector on loopback.",
@@ -292,8 +308,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of traffic (default 5)")
     parser.add_argument("--threads", type=int, default=4, help="gateway worker threads (default 4)")
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="requests per second, in total over all threads; 0 = as fast as possible (default 2000)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="requests per second, in total over all threads; 0 = as fast as possible (default 2000)",
+    )
     parser.add_argument("--ms-delay", type=float, default=100.0, help="the dispatcher's ms_delay (default 100)")
     parser.add_argument("--max-batch-entries", type=int, default=None, help="batch size limit (default none)")
     parser.add_argument("--max-queue-entries", type=int, default=100_000, help="queue bound (default 100000)")
@@ -301,7 +321,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--collector", metavar="URL", help="POST to this collector instead of an embedded one")
     parser.add_argument("--serve", action="store_true", help="run only the collector (until Ctrl-C, or COMMAND)")
     parser.add_argument("--port", type=int, default=0, help="the collector's port with --serve (default: any free)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds COMMAND may run with --serve (default 120)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds COMMAND may run with --serve (default 120)"
+    )
     args = parser.parse_args(argv)
     if args.threads < 1 or args.duration < 0 or args.rate < 0:
         parser.error("--threads must be at least 1, --duration and --rate not negative")

@@ -95,6 +95,7 @@ def test_collector_counts_only_valid_ndjson() -> None:
     collector = demo.Collector()
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     try:
+
         def post(body: bytes, url: str = collector.url) -> int:
             request = urllib.request.Request(url, data=body, method="POST")
             try:
@@ -107,7 +108,7 @@ def test_collector_counts_only_valid_ndjson() -> None:
             post(b'{"a": 1}\n{"b": 2}\n\n{"c": 3}\n'),  # 3 entries; the blank line is not one
             post(b'{"a": 1}\nnot json\n'),
             post(b'{"a": 1}\n', url=collector.url.replace("/logs", "/other")),
-            post(b'[4]'),  # a last line without its newline still counts
+            post(b"[4]"),  # a last line without its newline still counts
         ]
         counts = demo.collector_counts(collector.url)
         print(f"statuses {statuses}, counts {counts}")
