@@ -16,6 +16,9 @@ LIB_DIR := $(abspath target/release)
 HEADER := include/background_dispatcher.h
 C_BUILD := build/c
 JOBS ?= 2
+# Preemptions per interleaving that the loom models explore (make test-loom): 2 catches every
+# seeded bug in tests/loom_mutants.py in seconds; 3 takes minutes.
+LOOM_MAX_PREEMPTIONS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -59,11 +62,16 @@ python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: check-header test-rust test-c test-python ## Run every test (what CI runs)
+test: check-header test-rust test-loom test-c test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
 	cargo test --quiet
+
+.PHONY: test-loom
+test-loom: ## Model-check the engine's hand-off with loom (cfg(loom) build in target/loom)
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) \
+		cargo test --locked --package dispatcher-core --profile loom --test loom_handoff -- --show-output
 
 .PHONY: test-c
 test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind

@@ -221,34 +221,30 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
     });
 }
 
-/// Two producers each enqueue an entry and flush, racing each other and the worker: each
-/// `flush` returns only once its own entry was dispatched, whether the round that took it
-/// was its own, the other's, or one already running when it asked.
+/// Two producers (the main thread and one more) each enqueue an entry and flush, racing each
+/// other and the worker: each `flush` returns only once its own entry was dispatched, whether
+/// the round that took it was its own, the other's, or one already running when it asked.
 #[test]
 fn flush_returns_after_what_was_enqueued_before_it() {
     explore("flush barrier, 2 producers", |tally| {
         let (dispatcher, ledger, freed) = dispatcher(Options::default());
         let dispatcher = Arc::new(dispatcher);
-        let producers: Vec<_> = [1u8, 2]
-            .into_iter()
-            .map(|entry| {
-                let dispatcher = Arc::clone(&dispatcher);
-                let ledger = Arc::clone(&ledger);
-                thread::spawn(move || {
-                    dispatcher.enqueue(&[entry]).expect("open, unbounded");
-                    dispatcher.flush(None).expect("no deadline, no timeout");
-                    let at_flush = ledger.dispatched();
-                    assert!(
-                        at_flush.contains(&entry),
-                        "flush returned before entry {entry} was dispatched \
-                         (dispatched then: {at_flush:?})"
-                    );
-                })
-            })
-            .collect();
-        for producer in producers {
-            producer.join().unwrap();
-        }
+        let enqueue_and_flush = |dispatcher: &Dispatcher, ledger: &Ledger, entry: u8| {
+            dispatcher.enqueue(&[entry]).expect("open, unbounded");
+            dispatcher.flush(None).expect("no deadline, no timeout");
+            let at_flush = ledger.dispatched();
+            assert!(
+                at_flush.contains(&entry),
+                "flush returned before entry {entry} was dispatched \
+                 (dispatched then: {at_flush:?})"
+            );
+        };
+        let other = {
+            let (dispatcher, ledger) = (Arc::clone(&dispatcher), Arc::clone(&ledger));
+            thread::spawn(move || enqueue_and_flush(&dispatcher, &ledger, 2))
+        };
+        enqueue_and_flush(&dispatcher, &ledger, 1);
+        other.join().unwrap();
 
         // Both flushes returned, so both entries are out: shutting down finds nothing left.
         assert_eq!(ledger.dispatched().len(), 2);
@@ -261,10 +257,10 @@ fn flush_returns_after_what_was_enqueued_before_it() {
     });
 }
 
-/// A batch of two, one entry from each of two producers (so on two shards), while the worker
-/// goes to sleep with nothing queued: the producer that completes the batch wakes it, and it
-/// dispatches without a flush, a shutdown or a timer. A lost wake-up leaves every thread
-/// blocked, which loom reports.
+/// A batch of two, one entry from each of two producers (the main thread and one more, so on
+/// two shards), while the worker goes to sleep with nothing queued: the producer that
+/// completes the batch wakes it, and it dispatches without a flush, a shutdown or a timer. A
+/// lost wake-up leaves every thread blocked, which loom reports.
 #[test]
 fn a_full_batch_wakes_the_sleeping_worker() {
     explore("full batch wakes worker, 2 producers", |tally| {
@@ -274,17 +270,13 @@ fn a_full_batch_wakes_the_sleeping_worker() {
         };
         let (dispatcher, ledger, freed) = dispatcher(options);
         let dispatcher = Arc::new(dispatcher);
-        let producers: Vec<_> = [1u8, 2]
-            .into_iter()
-            .map(|entry| {
-                let dispatcher = Arc::clone(&dispatcher);
-                thread::spawn(move || dispatcher.enqueue(&[entry]).expect("open, unbounded"))
-            })
-            .collect();
+        let other = {
+            let dispatcher = Arc::clone(&dispatcher);
+            thread::spawn(move || dispatcher.enqueue(&[2]).expect("open, unbounded"))
+        };
+        dispatcher.enqueue(&[1]).expect("open, unbounded");
         ledger.wait_dispatched(2);
-        for producer in producers {
-            producer.join().unwrap();
-        }
+        other.join().unwrap();
 
         let dispatched = ledger.dispatched();
         dispatcher.shutdown(None).expect("no deadline, no timeout");
