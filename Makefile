@@ -69,9 +69,10 @@ test-rust: ## Rust unit and integration tests
 	cargo test --quiet
 
 .PHONY: test-loom
-test-loom: ## Model-check the engine's hand-off with loom (cfg(loom) build in target/loom)
+test-loom: ## Model-check the engine's hand-off with loom, then check that seeded bugs fail it
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) \
 		cargo test --locked --package dispatcher-core --profile loom --test loom_handoff -- --show-output
+	LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) $(PYTHON) dispatcher-core/tests/loom_mutants.py
 
 .PHONY: test-c
 test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind

@@ -55,9 +55,12 @@ pub(crate) mod thread {
     #[cfg(loom)]
     mod model {
         use std::cell::RefCell;
+        // std's `Arc`: loom's must be dropped while the model runs, and a thread's locals
+        // may be dropped after a failed model has stopped.
+        use std::sync::Arc;
         use std::time::Duration;
 
-        use loom::sync::{Arc, Condvar, Mutex};
+        use loom::sync::{Condvar, Mutex};
 
         #[derive(Default)]
         struct Parker {

@@ -28,12 +28,15 @@
 #![cfg(loom)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dispatcher_core::{Dispatcher, DropReason, EnqueueError, Options, Stats};
-use loom::sync::{Arc, Condvar, Mutex};
+use loom::sync::{Condvar, Mutex};
 use loom::thread;
+// std's `Arc` (an atomic count loom need not explore): loom's must be dropped while the model
+// runs, and after a failure the dispatcher may be dropped once it has stopped.
+use std::sync::Arc;
 
 /// Any non-zero delay: time does not pass in a model, so windows never end by themselves.
 const MS_DELAY: Duration = Duration::from_millis(10);
@@ -63,7 +66,7 @@ impl Ledger {
 }
 
 /// Set when the dispatch function is dropped, that is when the engine is freed.
-struct FreedFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+struct FreedFlag(Arc<AtomicBool>);
 
 impl Drop for FreedFlag {
     fn drop(&mut self) {
@@ -77,12 +80,12 @@ fn dispatcher(
 ) -> (
     Dispatcher,
     Arc<Ledger>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicBool>,
 ) {
     let ledger = Arc::new(Ledger::default());
-    let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let freed = Arc::new(AtomicBool::new(false));
     let (sink, drops) = (Arc::clone(&ledger), Arc::clone(&ledger));
-    let flag = FreedFlag(std::sync::Arc::clone(&freed));
+    let flag = FreedFlag(Arc::clone(&freed));
     let dispatcher = Dispatcher::builder(MS_DELAY)
         .options(options)
         .on_drop(move |batch, reason| {
@@ -157,13 +160,13 @@ impl Tally {
 
 /// Runs `model` under loom with a preemption bound of `LOOM_MAX_PREEMPTIONS`, 2 if unset.
 fn explore(name: &str, model: impl Fn(&Tally) + Sync + Send + 'static) {
-    let tally = std::sync::Arc::new(Tally::default());
+    let tally = Arc::new(Tally::default());
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
     let started = Instant::now();
-    let inside = std::sync::Arc::clone(&tally);
+    let inside = Arc::clone(&tally);
     builder.check(move || model(&inside));
     tally.report(name, started);
 }
