@@ -23,6 +23,7 @@
 //! - `shutdown` returns only after every accepted entry was dispatched and the worker exited;
 //! - a full batch wakes the sleeping worker (no lost wake-up, no timer needed);
 //! - dropping the last handle, from any thread, drains, joins the worker and frees the engine;
+//! - a batch that fails is handed to `on_drop` as `Failed`, once, and counted as failed;
 //! - the stats identity holds at the end.
 
 #![cfg(loom)]
@@ -75,8 +76,10 @@ impl Drop for FreedFlag {
 }
 
 /// A dispatcher that records into a fresh ledger; the flag tells when its engine is freed.
+/// Batches that hold `fails_on` fail (and are recorded as dropped, by `on_drop`, instead).
 fn dispatcher(
     options: Options,
+    fails_on: Option<u8>,
 ) -> (
     Dispatcher,
     Arc<Ledger>,
@@ -94,6 +97,9 @@ fn dispatcher(
         })
         .build(move |batch| {
             let _keep = &flag;
+            if fails_on.is_some_and(|bad| batch.iter().any(|entry| entry[0] == bad)) {
+                return Err("this batch fails".into());
+            }
             sink.dispatched
                 .lock()
                 .unwrap()
@@ -186,7 +192,7 @@ fn check_stats(stats: Stats, accepted: usize, dispatched: usize, dropped: usize)
 #[test]
 fn shutdown_racing_two_producers_drains_everything_accepted() {
     explore("shutdown racing 2 producers", |tally| {
-        let (dispatcher, ledger, freed) = dispatcher(Options::default());
+        let (dispatcher, ledger, freed) = dispatcher(Options::default(), None);
         let dispatcher = Arc::new(dispatcher);
         let producers: Vec<_> = [1u8, 2]
             .into_iter()
@@ -230,7 +236,7 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
 #[test]
 fn flush_returns_after_what_was_enqueued_before_it() {
     explore("flush barrier, 2 producers", |tally| {
-        let (dispatcher, ledger, freed) = dispatcher(Options::default());
+        let (dispatcher, ledger, freed) = dispatcher(Options::default(), None);
         let dispatcher = Arc::new(dispatcher);
         let enqueue_and_flush = |dispatcher: &Dispatcher, ledger: &Ledger, entry: u8| {
             dispatcher.enqueue(&[entry]).expect("open, unbounded");
@@ -271,7 +277,7 @@ fn a_full_batch_wakes_the_sleeping_worker() {
             max_batch_entries: 2,
             ..Options::default()
         };
-        let (dispatcher, ledger, freed) = dispatcher(options);
+        let (dispatcher, ledger, freed) = dispatcher(options, None);
         let dispatcher = Arc::new(dispatcher);
         let other = {
             let dispatcher = Arc::clone(&dispatcher);
@@ -290,13 +296,54 @@ fn a_full_batch_wakes_the_sleeping_worker() {
     });
 }
 
+/// As the shutdown race, with a dispatch function that fails every batch holding entry 1 (no
+/// retry: a retry waits for time to pass, which it does not here): each accepted entry is
+/// dispatched or handed to `on_drop` as `Failed`, exactly once, before `shutdown` returns.
+#[test]
+fn a_failed_batch_is_dropped_with_its_reason_once() {
+    explore("failed batch racing shutdown", |tally| {
+        let (dispatcher, ledger, freed) = dispatcher(Options::default(), Some(1));
+        let dispatcher = Arc::new(dispatcher);
+        let other = {
+            let dispatcher = Arc::clone(&dispatcher);
+            thread::spawn(move || dispatcher.enqueue(&[2]))
+        };
+        let first = dispatcher.enqueue(&[1]);
+        dispatcher.shutdown(None).expect("no deadline, no timeout");
+        let (dispatched, dropped) = (ledger.dispatched(), ledger.dropped.lock().unwrap().clone());
+
+        let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+        for (entry, result) in [(1, first), (2, other.join().unwrap())] {
+            match result {
+                Ok(()) => accepted.push(entry),
+                Err(EnqueueError::Closed) => refused.push(entry),
+                Err(err) => panic!("entry {entry} refused with {err:?}"),
+            }
+        }
+        assert!(
+            dropped.iter().all(|&(_, reason)| reason == DropReason::Failed),
+            "dropped for another reason than Failed: {dropped:?}"
+        );
+        let dropped: Vec<u8> = dropped.iter().map(|d| d.0).collect();
+        if accepted.contains(&1) {
+            assert!(dropped.contains(&1), "entry 1's batch failed but was not dropped");
+        }
+        let stats = dispatcher.stats();
+        check_stats(stats, accepted.len(), dispatched.len(), dropped.len());
+        assert_eq!(stats.failed, dropped.len() as u64, "{stats:?}");
+        tally.check(&accepted, &refused, &dispatched, &dropped);
+        drop(dispatcher);
+        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+    });
+}
+
 /// No one calls `shutdown`: a producer enqueues and drops its handle while the main thread
 /// drops the other. Whichever drop is last shuts down with no deadline, drains, joins the
 /// worker and frees the engine, on its own thread.
 #[test]
 fn the_last_handle_dropped_on_any_thread_drains_and_frees() {
     explore("last handle dropped on any thread", |tally| {
-        let (dispatcher, ledger, freed) = dispatcher(Options::default());
+        let (dispatcher, ledger, freed) = dispatcher(Options::default(), None);
         let dispatcher = Arc::new(dispatcher);
         let producer = {
             let dispatcher = Arc::clone(&dispatcher);

@@ -79,20 +79,27 @@ MUTANTS = [
 ]
 
 
-# Workspace files the scratch copy needs: the core crate alone, with the lock file.
-def scratch_workspace(dest: Path) -> None:
+def scratch_workspace(dest: Path, crate: str) -> Path:
+    """A workspace of the core crate alone, with the lock file; returns the crate's copy.
+
+    The crate sits at `crate` inside it, a path unique to the mutant: cargo names a path
+    crate's artifacts after its path relative to the workspace root, and the dependencies are
+    shared with `make test-loom`'s target directory, so a copy at `dispatcher-core` would
+    overwrite the real crate's artifacts there and pass for them.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(
         ROOT / "dispatcher-core",
-        dest / "dispatcher-core",
+        dest / crate,
         ignore=shutil.ignore_patterns("target", "__pycache__"),
     )
     shutil.copy(ROOT / "Cargo.lock", dest / "Cargo.lock")
     manifest = (ROOT / "Cargo.toml").read_text()
-    manifest = re.sub(r"(?m)^members = .*$", 'members = ["dispatcher-core"]', manifest)
-    manifest = re.sub(r"(?m)^default-members = .*$", 'default-members = ["dispatcher-core"]', manifest)
+    manifest = re.sub(r"(?m)^members = .*$", f'members = ["{crate}"]', manifest)
+    manifest = re.sub(r"(?m)^default-members = .*$", f'default-members = ["{crate}"]', manifest)
     (dest / "Cargo.toml").write_text(manifest)
+    return dest / crate
 
 
 def reported(output: str) -> str:
@@ -113,9 +120,9 @@ def main() -> int:
     caught = 0
     started = time.monotonic()
     for name, rel, edits, model, why in MUTANTS:
-        dest = SCRATCH / re.sub(r"\W+", "-", name)
-        scratch_workspace(dest)
-        path = dest / "dispatcher-core" / rel
+        slug = re.sub(r"\W+", "-", name)
+        dest = SCRATCH / slug
+        path = scratch_workspace(dest, f"mutant-{slug}") / rel
         source = path.read_text()
         for original, mutated in edits:
             count = source.count(original)
