@@ -380,8 +380,7 @@ impl Engine {
             // The shard's first entry since the worker last collected it: it may open a window
             // (the oldest shard stamp does), and it wakes the worker if the worker sleeps
             // with nothing queued. Once per window, not per entry.
-            cell.opened_at
-                .store(self.stamp(now()), Ordering::Release);
+            cell.opened_at.store(self.stamp(now()), Ordering::Release);
             wake = inner.idle.load(Ordering::Relaxed) && inner.idle.swap(false, Ordering::AcqRel);
         }
         shard.arena.push(data, charge);

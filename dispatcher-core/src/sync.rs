@@ -11,6 +11,12 @@
 //!   `Condvar::wait_timeout`) ends only by a wake-up, never by its timeout. A model therefore
 //!   proves that flush, shutdown and the size trigger never depend on a timer to make
 //!   progress; windows that end by time alone are left to the timing tests;
+//! - **`SeqCst` accesses**, which loom treats as `AcqRel` (its README, "Unsupported
+//!   features"): it then reports the store-buffering pattern that `SeqCst` exists to forbid
+//!   as a bug. The engine relies on that pattern where a waiter registers and then re-checks
+//!   (`space_waiters` against the pool, in `wait_for_room` / `room_freed`). So under loom a
+//!   `SeqCst` access is a `SeqCst` fence on each side of the access, which loom does model:
+//!   what x86 does for it, and never weaker than C11's `SeqCst`;
 //! - **`OnceLock`**, which loom lacks: a flag published with release/acquire over a cell,
 //!   which is what std's does;
 //! - **fork** (fork.rs), **the shard count and a thread's shard** (queue.rs) and **timer
@@ -25,7 +31,9 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use self::seq_cst::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::Ordering;
 #[cfg(loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 
@@ -183,6 +191,77 @@ pub(crate) fn now() -> Instant {
 pub(crate) fn now() -> Instant {
     static FROZEN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *FROZEN.get_or_init(Instant::now)
+}
+
+/// loom's atomics, with `SeqCst` accesses fenced on both sides (see the module docs).
+#[cfg(loom)]
+mod seq_cst {
+    use loom::sync::atomic::{self as loom_atomic, Ordering, fence};
+
+    /// Runs `access` with the ordering `order`; a `SeqCst` one between two `SeqCst` fences.
+    fn fenced<R>(order: Ordering, access: impl FnOnce() -> R) -> R {
+        if order != Ordering::SeqCst {
+            return access();
+        }
+        fence(Ordering::SeqCst);
+        let result = access();
+        fence(Ordering::SeqCst);
+        result
+    }
+
+    macro_rules! fenced_atomic {
+        ($name:ident $(<$param:ident>)?, $value:ty $(, $arith:ident)*) => {
+            #[derive(Default)]
+            pub(crate) struct $name$(<$param>)?(loom_atomic::$name$(<$param>)?);
+
+            // The engine uses a different subset of the methods on each type.
+            #[allow(dead_code)]
+            impl$(<$param>)? $name$(<$param>)? {
+                pub(crate) fn new(value: $value) -> Self {
+                    Self(loom_atomic::$name::new(value))
+                }
+                pub(crate) fn load(&self, order: Ordering) -> $value {
+                    fenced(order, || self.0.load(order))
+                }
+                pub(crate) fn store(&self, value: $value, order: Ordering) {
+                    fenced(order, || self.0.store(value, order))
+                }
+                pub(crate) fn swap(&self, value: $value, order: Ordering) -> $value {
+                    fenced(order, || self.0.swap(value, order))
+                }
+                pub(crate) fn compare_exchange(
+                    &self,
+                    current: $value,
+                    new: $value,
+                    success: Ordering,
+                    failure: Ordering,
+                ) -> Result<$value, $value> {
+                    fenced(success, || self.0.compare_exchange(current, new, success, failure))
+                }
+                pub(crate) fn compare_exchange_weak(
+                    &self,
+                    current: $value,
+                    new: $value,
+                    success: Ordering,
+                    failure: Ordering,
+                ) -> Result<$value, $value> {
+                    fenced(success, || {
+                        self.0.compare_exchange_weak(current, new, success, failure)
+                    })
+                }
+                $(
+                    pub(crate) fn $arith(&self, value: $value, order: Ordering) -> $value {
+                        fenced(order, || self.0.$arith(value, order))
+                    }
+                )*
+            }
+        };
+    }
+
+    fenced_atomic!(AtomicBool, bool);
+    fenced_atomic!(AtomicU64, u64, fetch_add, fetch_sub);
+    fenced_atomic!(AtomicUsize, usize, fetch_add, fetch_sub);
+    fenced_atomic!(AtomicPtr<T>, *mut T);
 }
 
 /// `std::sync::OnceLock` for loom: set once (here always under a lock), read without one.

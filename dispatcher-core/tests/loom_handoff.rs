@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dispatcher_core::{Dispatcher, DropReason, EnqueueError, Options, Stats};
+use dispatcher_core::{Dispatcher, DropReason, EnqueueError, Options, Overflow, Stats};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 // std's `Arc` (an atomic count loom need not explore): loom's must be dropped while the model
@@ -80,11 +80,7 @@ impl Drop for FreedFlag {
 fn dispatcher(
     options: Options,
     fails_on: Option<u8>,
-) -> (
-    Dispatcher,
-    Arc<Ledger>,
-    Arc<AtomicBool>,
-) {
+) -> (Dispatcher, Arc<Ledger>, Arc<AtomicBool>) {
     let ledger = Arc::new(Ledger::default());
     let freed = Arc::new(AtomicBool::new(false));
     let (sink, drops) = (Arc::clone(&ledger), Arc::clone(&ledger));
@@ -143,10 +139,12 @@ impl Tally {
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.accepted
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        self.refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        self.refused
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
         self.dispatched
             .fetch_add(dispatched.len() as u64, Ordering::Relaxed);
-        self.dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        self.dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
     }
 
     fn report(&self, model: &str, started: Instant) {
@@ -182,8 +180,16 @@ fn check_stats(stats: Stats, accepted: usize, dispatched: usize, dropped: usize)
     assert!(stats.is_consistent(), "{stats:?}");
     assert_eq!(stats.enqueued, accepted as u64, "{stats:?}");
     assert_eq!(stats.dispatched, dispatched as u64, "{stats:?}");
-    assert_eq!(stats.failed + stats.evicted + stats.abandoned, dropped as u64, "{stats:?}");
-    assert_eq!(stats.queued_entries + stats.in_flight_entries, 0, "{stats:?}");
+    assert_eq!(
+        stats.failed + stats.evicted + stats.abandoned,
+        dropped as u64,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.queued_entries + stats.in_flight_entries,
+        0,
+        "{stats:?}"
+    );
 }
 
 /// Each producer enqueues its entry while the main thread shuts down: an entry is either
@@ -204,7 +210,10 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
 
         dispatcher.shutdown(None).expect("no deadline, no timeout");
         let at_shutdown = ledger.dispatched();
-        assert!(dispatcher.is_finished(), "shutdown returned before the worker exited");
+        assert!(
+            dispatcher.is_finished(),
+            "shutdown returned before the worker exited"
+        );
 
         let (mut accepted, mut refused) = (Vec::new(), Vec::new());
         for producer in producers {
@@ -222,11 +231,19 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
             );
         }
         let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
-        check_stats(dispatcher.stats(), accepted.len(), at_shutdown.len(), dropped.len());
+        check_stats(
+            dispatcher.stats(),
+            accepted.len(),
+            at_shutdown.len(),
+            dropped.len(),
+        );
         tally.check(&accepted, &refused, &ledger.dispatched(), &dropped);
 
         drop(dispatcher); // the last handle: joins the (finished) worker
-        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
     });
 }
 
@@ -262,7 +279,10 @@ fn flush_returns_after_what_was_enqueued_before_it() {
         check_stats(dispatcher.stats(), 2, 2, dropped.len());
         tally.check(&[1, 2], &[], &ledger.dispatched(), &dropped);
         drop(dispatcher);
-        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
     });
 }
 
@@ -292,7 +312,10 @@ fn a_full_batch_wakes_the_sleeping_worker() {
         check_stats(dispatcher.stats(), 2, 2, 0);
         tally.check(&[1, 2], &[], &dispatched, &[]);
         drop(dispatcher);
-        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
     });
 }
 
@@ -321,19 +344,106 @@ fn a_failed_batch_is_dropped_with_its_reason_once() {
             }
         }
         assert!(
-            dropped.iter().all(|&(_, reason)| reason == DropReason::Failed),
+            dropped
+                .iter()
+                .all(|&(_, reason)| reason == DropReason::Failed),
             "dropped for another reason than Failed: {dropped:?}"
         );
         let dropped: Vec<u8> = dropped.iter().map(|d| d.0).collect();
         if accepted.contains(&1) {
-            assert!(dropped.contains(&1), "entry 1's batch failed but was not dropped");
+            assert!(
+                dropped.contains(&1),
+                "entry 1's batch failed but was not dropped"
+            );
         }
         let stats = dispatcher.stats();
         check_stats(stats, accepted.len(), dispatched.len(), dropped.len());
         assert_eq!(stats.failed, dropped.len() as u64, "{stats:?}");
         tally.check(&accepted, &refused, &dispatched, &dropped);
         drop(dispatcher);
-        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
+    });
+}
+
+/// A producer enqueues and flushes while the main thread shuts down: the flush returns (the
+/// worker's exit ends it if its round never comes), and if the entry was accepted it was
+/// dispatched by then.
+#[test]
+fn flush_racing_shutdown_returns_after_its_entry() {
+    explore("flush racing shutdown", |tally| {
+        let (dispatcher, ledger, freed) = dispatcher(Options::default(), None);
+        let dispatcher = Arc::new(dispatcher);
+        let producer = {
+            let (dispatcher, ledger) = (Arc::clone(&dispatcher), Arc::clone(&ledger));
+            thread::spawn(move || {
+                let accepted = dispatcher.enqueue(&[1]);
+                dispatcher.flush(None).expect("no deadline, no timeout");
+                (accepted, ledger.dispatched())
+            })
+        };
+        dispatcher.shutdown(None).expect("no deadline, no timeout");
+        let (accepted, at_flush) = producer.join().unwrap();
+        let (accepted, refused): (&[u8], &[u8]) = match accepted {
+            Ok(()) => {
+                assert!(
+                    at_flush.contains(&1),
+                    "flush returned before entry 1 was dispatched"
+                );
+                (&[1], &[])
+            }
+            Err(EnqueueError::Closed) => (&[], &[1]),
+            Err(err) => panic!("entry 1 refused with {err:?}"),
+        };
+        let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
+        check_stats(
+            dispatcher.stats(),
+            accepted.len(),
+            ledger.dispatched().len(),
+            dropped.len(),
+        );
+        tally.check(accepted, refused, &ledger.dispatched(), &dropped);
+        drop(dispatcher);
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
+    });
+}
+
+/// `Overflow::Block` with room for one entry: a second producer waits for room while the first
+/// entry is queued, and the worker's taking that entry (on the main thread's flush) wakes it.
+/// Time stands still, so the waiter's 100 ms safety wake-up never fires: only the worker's
+/// signal can end the wait, and a lost one leaves every thread blocked.
+#[test]
+fn a_blocked_producer_is_woken_when_room_is_freed() {
+    explore("blocked producer woken by the worker", |tally| {
+        let options = Options {
+            max_queue_entries: 1,
+            overflow: Overflow::Block,
+            ..Options::default()
+        };
+        let (dispatcher, ledger, freed) = dispatcher(options, None);
+        let dispatcher = Arc::new(dispatcher);
+        dispatcher.enqueue(&[1]).expect("room for one");
+        let producer = {
+            let dispatcher = Arc::clone(&dispatcher);
+            thread::spawn(move || dispatcher.enqueue(&[2]).expect("room, once 1 is taken"))
+        };
+        dispatcher.flush(None).expect("no deadline, no timeout");
+        producer.join().unwrap();
+        dispatcher.shutdown(None).expect("no deadline, no timeout");
+
+        let dispatched = ledger.dispatched();
+        check_stats(dispatcher.stats(), 2, dispatched.len(), 0);
+        tally.check(&[1, 2], &[], &dispatched, &[]);
+        drop(dispatcher);
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
     });
 }
 
@@ -355,7 +465,10 @@ fn the_last_handle_dropped_on_any_thread_drains_and_frees() {
         drop(dispatcher);
         producer.join().unwrap();
 
-        assert!(freed.load(Ordering::SeqCst), "the engine outlived its last handle");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the engine outlived its last handle"
+        );
         let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
         tally.check(&[1], &[], &ledger.dispatched(), &dropped);
     });

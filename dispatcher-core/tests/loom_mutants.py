@@ -70,6 +70,14 @@ MUTANTS = [
         "the sleeping worker is never woken: deadlock",
     ),
     (
+        "a blocked producer does not re-check for room after registering",
+        "src/engine.rs",
+        [("            if inner.pool.deficit(charge) != (0, 0) && !inner.closed.load(Ordering::SeqCst) {",
+          "            if !inner.closed.load(Ordering::SeqCst) {")],
+        "a_blocked_producer_is_woken_when_room_is_freed",
+        "room freed before the waiter registered wakes no one: deadlock",
+    ),
+    (
         "the worker keeps its engine reference",
         "src/worker.rs",
         [("    drop(holder);\n}", "    std::mem::forget(holder);\n}")],
