@@ -9,14 +9,15 @@
 //! What loom cannot model gets a deterministic stand-in under `cfg(loom)` only:
 //! - **time** stands still ([`now`] is one fixed instant), so a timed wait ([`park_timeout`],
 //!   `Condvar::wait_timeout`) ends only by a wake-up, never by its timeout. A model therefore
-//!   proves that flush, shutdown and the size trigger never depend on a timer to make
-//!   progress; windows that end by time alone are left to the timing tests;
+//!   proves that flush, shutdown, the size trigger and `Block` waiters never depend on a
+//!   timer to make progress; windows that end by time alone are left to the timing tests;
 //! - **`SeqCst` accesses**, which loom treats as `AcqRel` (its README, "Unsupported
 //!   features"): it then reports the store-buffering pattern that `SeqCst` exists to forbid
 //!   as a bug. The engine relies on that pattern where a waiter registers and then re-checks
 //!   (`space_waiters` against the pool, in `wait_for_room` / `room_freed`). So under loom a
-//!   `SeqCst` access is a `SeqCst` fence on each side of the access, which loom does model:
-//!   what x86 does for it, and never weaker than C11's `SeqCst`;
+//!   `SeqCst` access is a `SeqCst` fence on each side of the access, which loom does model.
+//!   That is what x86 does, and never weaker than C11's `SeqCst` (stronger for the plain
+//!   accesses around it: a bug that needs exactly that weakness, as on ARM, goes unseen);
 //! - **`OnceLock`**, which loom lacks: a flag published with release/acquire over a cell,
 //!   which is what std's does;
 //! - **fork** (fork.rs), **the shard count and a thread's shard** (queue.rs) and **timer
@@ -55,7 +56,7 @@ pub(crate) mod thread {
     ///
     /// loom 0.7's own `Thread::unpark` also wakes a thread that is blocked on something other
     /// than `park` (a mutex, a join), which then fails inside loom ("expected to be able to
-    /// acquire lock"; loom issue #249). The worker is unparked while it may be waiting for
+    /// acquire lock"; tokio-rs/loom#249). The worker is unparked while it may be waiting for
     /// the state lock, so each thread here parks on its own token instead: a flag under a
     /// loom mutex, with a condition variable. That is std's contract (`unpark` makes the
     /// token available, `park` consumes it or blocks until it is), minus spurious wake-ups,

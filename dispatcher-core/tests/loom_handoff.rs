@@ -19,12 +19,17 @@
 //! because a timer happened to fire. What is checked, in every interleaving:
 //! - each accepted entry is dispatched exactly once or handed to `on_drop` with a reason, and
 //!   each refused one is refused with `Closed` and never dispatched;
-//! - `flush` returns only after everything its thread enqueued before it was dispatched;
+//! - `flush` returns only after everything its thread enqueued before it was dispatched, also
+//!   when a shutdown ends the worker meanwhile;
 //! - `shutdown` returns only after every accepted entry was dispatched and the worker exited;
-//! - a full batch wakes the sleeping worker (no lost wake-up, no timer needed);
+//! - a full batch wakes the sleeping worker, and room freed by the worker wakes a producer
+//!   blocked on a full queue (no lost wake-up, no timer needed);
 //! - dropping the last handle, from any thread, drains, joins the worker and frees the engine;
 //! - a batch that fails is handed to `on_drop` as `Failed`, once, and counted as failed;
 //! - the stats identity holds at the end.
+//!
+//! `tests/loom_mutants.py` (run by `make test-loom` after these) seeds a bug per model into a
+//! copy of the engine and checks that the model fails, so a model that passes means something.
 
 #![cfg(loom)]
 
