@@ -478,3 +478,60 @@ fn the_last_handle_dropped_on_any_thread_drains_and_frees() {
         tally.check(&[1], &[], &ledger.dispatched(), &dropped);
     });
 }
+
+/// The models see only what goes through src/sync.rs: a lock, atomic, park or clock taken
+/// from std directly elsewhere in the engine would be invisible to loom (or, blocking inside
+/// a model, hang it). fork.rs keeps std's atomics on purpose: its statics outlive a model
+/// run, and under `cfg(loom)` it is replaced by a constant.
+#[test]
+fn the_engine_takes_its_primitives_from_the_sync_module() {
+    let forbidden = [
+        "std::sync::Mutex",
+        "std::sync::Condvar",
+        "std::sync::OnceLock",
+        "std::sync::RwLock",
+        "std::sync::mpsc",
+        "std::sync::atomic",
+        "std::sync::{",
+        "std::thread::park",
+        "std::thread::spawn",
+        "std::thread::Builder",
+        "std::thread::yield_now",
+        "std::thread::{",
+        "Instant::now(",
+    ];
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = 0;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&src).expect("src/ is readable") {
+        let path = entry.expect("a directory entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".rs") || name == "sync.rs" || name == "fork.rs" {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).expect("a readable source file");
+        for (line, code) in text.lines().enumerate() {
+            if code.trim_start().starts_with("//") {
+                continue;
+            }
+            for pattern in forbidden.iter().filter(|p| code.contains(*p)) {
+                found.push(format!("src/{name}:{}: {pattern}", line + 1));
+            }
+        }
+    }
+    println!(
+        "loom seam: {files} source files checked, {} direct uses of std primitives",
+        found.len()
+    );
+    assert!(
+        files >= 6,
+        "found only {files} source files in {}",
+        src.display()
+    );
+    assert!(
+        found.is_empty(),
+        "use crate::sync instead, so that the loom models see it:\n{}",
+        found.join("\n")
+    );
+}
