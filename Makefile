@@ -44,6 +44,10 @@ CMAKEDIR ?= $(LIBDIR)/cmake/BackgroundDispatcher
 INSTALL ?= install
 PKG_CONFIG := $(BIN)/pkg-config
 
+# Preemptions per interleaving that the loom models explore (make test-loom): 2 catches every
+# seeded bug in tests/loom_mutants.py in seconds; 3 takes minutes.
+LOOM_MAX_PREEMPTIONS ?= 2
+
 .DEFAULT_GOAL := help
 
 .PHONY: help
@@ -140,7 +144,7 @@ python: $(VENV)/.installed ## Build and install the Python package into .venv
 	PATH="$(BIN):$$PATH" $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./bindings/python
 
 .PHONY: test
-test: lint check-header test-rust test-reliability-rust test-c test-install test-wheel test-demo-c test-python ## Run every test (what CI runs)
+test: lint check-header test-rust test-reliability-rust test-loom test-c test-install test-wheel test-demo-c test-python ## Run every test (what CI runs)
 
 .PHONY: test-rust
 test-rust: ## Rust unit and integration tests
@@ -151,6 +155,12 @@ test-rust: ## Rust unit and integration tests
 .PHONY: test-reliability-rust
 test-reliability-rust: ## Reliability suite, Rust side: load, random shutdowns, faults, bounded memory (~15 s)
 	cargo test --quiet --package dispatcher-core --test 'reliability_*' -- --nocapture
+
+.PHONY: test-loom
+test-loom: ## Model-check the engine's hand-off with loom, then check that seeded bugs fail it
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) \
+		cargo test --locked --package dispatcher-core --profile loom --test loom_handoff -- --show-output
+	LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) $(PYTHON) dispatcher-core/tests/loom_mutants.py
 
 .PHONY: test-c
 test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind

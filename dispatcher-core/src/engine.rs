@@ -15,15 +15,19 @@
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::{self, JoinHandle, Thread, ThreadId};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::Duration;
 
 use crate::batch::{Arena, Batch, Entry, MAX_ENTRY_LEN, Spare};
 use crate::error::{BuildError, EnqueueError, FlushError, ShutdownError};
 use crate::options::{Options, Overflow};
 use crate::queue::{Approx, CachePadded, Pool, ShardCell, lock, shard_count, shard_index};
+use crate::sync::thread::{self, JoinHandle, Thread};
+use crate::sync::{
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Condvar, Instant, Mutex, MutexGuard, OnceLock,
+    Ordering, now,
+};
 use crate::{DispatchResult, DropReason, Stats, fork, worker};
 
 /// The dispatch function, type-erased.
@@ -188,7 +192,7 @@ impl Engine {
             dispatch: UnsafeCell::new(dispatch),
             on_drop,
             never_block_on,
-            epoch: Instant::now(),
+            epoch: now(),
             shard_mask: shards - 1,
             generation: AtomicU64::new(fork::generation()),
             inner: AtomicPtr::new(std::ptr::null_mut()),
@@ -376,8 +380,7 @@ impl Engine {
             // The shard's first entry since the worker last collected it: it may open a window
             // (the oldest shard stamp does), and it wakes the worker if the worker sleeps
             // with nothing queued. Once per window, not per entry.
-            cell.opened_at
-                .store(self.stamp(Instant::now()), Ordering::Release);
+            cell.opened_at.store(self.stamp(now()), Ordering::Release);
             wake = inner.idle.load(Ordering::Relaxed) && inner.idle.swap(false, Ordering::AcqRel);
         }
         shard.arena.push(data, charge);
@@ -439,7 +442,8 @@ impl Engine {
         charge: usize,
         deadline: Option<Instant>,
     ) -> Result<(), EnqueueError> {
-        let me = thread::current().id();
+        // `never_block_on` holds the public (std) thread ids, under loom too.
+        let me = std::thread::current().id();
         if inner.on_worker_thread() || self.never_block_on.contains(&me) {
             // The worker frees room; waiting for it from its own thread would wait forever
             // (and on a thread the dispatch depends on, such as an event loop, for long).
@@ -454,7 +458,7 @@ impl Engine {
             if inner.closed.load(Ordering::SeqCst) {
                 return Err(EnqueueError::Closed);
             }
-            let now = Instant::now();
+            let now = now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(EnqueueError::QueueFull);
             }
@@ -943,7 +947,7 @@ impl Eviction {
 
 /// `now + timeout`, or `None` (no deadline) for `None` or a timeout too large to add.
 pub(crate) fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
+    timeout.and_then(|t| now().checked_add(t))
 }
 
 /// Waits on `cv` until `done(state)` or the deadline; returns the guard either way.
@@ -960,7 +964,7 @@ fn wait_until<'a>(
         guard = match deadline {
             None => cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
             Some(deadline) => {
-                let now = Instant::now();
+                let now = now();
                 if now >= deadline {
                     return Err(guard);
                 }

@@ -11,6 +11,11 @@
 //!   created (Linux 4.14+), even by a raw `clone` that runs no atfork handler.
 //!
 //! Reading the generation is two plain loads; `getpid()` would be a syscall per call.
+//!
+//! Under `cfg(loom)` (sync.rs) there is no fork: the generation is always 1, and the statics
+//! and the atfork handler, which would outlive the model's runs, are not used.
+
+#![cfg_attr(loom, allow(dead_code))]
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -30,6 +35,7 @@ static CURRENT: AtomicPtr<AtomicU64> =
 static INIT: Once = Once::new();
 
 /// Installs the atfork handler and the wipe-on-fork page, once per process.
+#[cfg(not(loom))]
 pub(crate) fn init() {
     INIT.call_once(|| {
         if let Some(page) = wipe_on_fork_page() {
@@ -46,6 +52,7 @@ pub(crate) fn init() {
 }
 
 /// The generation of this process. Changes exactly once in each fork child.
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn generation() -> u64 {
     // SAFETY: `CURRENT` points at a static or at a page that is never unmapped.
@@ -54,6 +61,17 @@ pub(crate) fn generation() -> u64 {
         0 => claim_new_generation(current),
         generation => generation,
     }
+}
+
+/// No fork in a model.
+#[cfg(loom)]
+pub(crate) fn init() {}
+
+/// No fork in a model: always the first generation.
+#[cfg(loom)]
+#[inline]
+pub(crate) fn generation() -> u64 {
+    1
 }
 
 /// Moves a wiped page to a fresh generation; racing threads agree on one winner.

@@ -51,6 +51,7 @@ mod error;
 mod fork;
 mod options;
 mod queue;
+mod sync;
 mod worker;
 
 use std::sync::Arc;

@@ -18,10 +18,10 @@
 
 use std::cell::Cell;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 
 use crate::batch::Arena;
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Pads and aligns to 128 bytes (two cache lines, for the adjacent-line prefetcher), so that
 /// neighbouring shards never share a line.
@@ -65,17 +65,39 @@ pub(crate) struct Shard {
 }
 
 /// The number of shards for this machine: a power of two, at least 4 per core, at most 64.
+#[cfg(not(loom))]
 pub(crate) fn shard_count() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores * 4).next_power_of_two().clamp(8, 64)
 }
 
+/// In a model, two shards: enough for producers on different shards, and every shard is a
+/// lock the checker must interleave.
+#[cfg(loom)]
+pub(crate) fn shard_count() -> usize {
+    2
+}
+
+#[cfg(not(loom))]
 thread_local! {
     /// This thread's shard number, assigned at its first enqueue (any dispatcher).
     static SHARD_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+#[cfg(not(loom))]
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
+
+// In a model, the same, but per run of the model (std's would carry over from one run to the
+// next, and a model must replay exactly).
+#[cfg(loom)]
+loom::thread_local! {
+    static SHARD_HINT: Cell<usize> = Cell::new(usize::MAX);
+}
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
+}
 
 /// The calling thread's shard index for a dispatcher with `mask + 1` shards.
 #[inline]

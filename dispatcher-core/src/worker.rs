@@ -13,12 +13,11 @@
 //! producer also unparks it when a batch fills up. Never once per entry.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::engine::{Engine, Flight, Inner, InnerRef, State};
 use crate::queue::lock;
+use crate::sync::{Instant, Ordering, now, thread};
 use crate::{DropReason, fork};
 
 /// What the worker does next.
@@ -49,7 +48,7 @@ pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
         last_start: None,
         round: None,
         round_took: false,
-        rng: engine.stamp(Instant::now()) ^ (inner as *const Inner as u64) | 1,
+        rng: engine.stamp(now()) ^ (inner as *const Inner as u64) | 1,
     };
     while worker.step() {}
     if worker.forked {
@@ -70,7 +69,7 @@ pub(crate) fn run(engine: Arc<Engine>, inner: InnerRef) {
 /// Asks the kernel not to defer this thread's timed wake-ups: by default it may add up to
 /// 50 µs ("timer slack") to coalesce them, which would make every window that much late.
 fn precise_timers() {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(loom)))]
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack (1 ns: the minimum).
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
@@ -114,7 +113,7 @@ impl Worker<'_> {
             Step::Park(deadline) => {
                 match deadline {
                     None => thread::park(),
-                    Some(at) => thread::park_timeout(at.saturating_duration_since(Instant::now())),
+                    Some(at) => thread::park_timeout(at.saturating_duration_since(now())),
                 }
                 self.inner.wakeups.fetch_add(1, Ordering::Relaxed);
             }
@@ -130,7 +129,7 @@ impl Worker<'_> {
     }
 
     fn plan(&mut self) -> Step {
-        let now = Instant::now();
+        let now = now();
         let inner = self.inner;
         let mut st = lock(&inner.state);
         loop {
@@ -253,7 +252,7 @@ impl Worker<'_> {
     fn dispatch(&mut self) {
         self.flight.attempt += 1;
         let attempt = self.flight.attempt;
-        self.last_start = Some(Instant::now());
+        self.last_start = Some(now());
         let ok = self.engine.call_dispatch(&self.flight.batch());
         if self.forked_in_callback() {
             return;
@@ -267,7 +266,7 @@ impl Worker<'_> {
             st.dispatched += self.flight.count as u64;
             self.finish(&mut st);
         } else if attempt < self.engine.options.max_attempts && !st.timed_out {
-            self.flight.retry_at = Some(Instant::now() + self.backoff(attempt));
+            self.flight.retry_at = Some(now() + self.backoff(attempt));
         } else {
             drop(st);
             self.fail();
