@@ -34,46 +34,66 @@ MUTANTS = [
     (
         "worker exits as soon as shutdown begins",
         "src/worker.rs",
-        [("            if self.flight.count > 0 {\n",
-          "            if st.closing {\n                return Step::Exit;\n            }\n"
-          "            if self.flight.count > 0 {\n")],
+        [
+            (
+                "            if self.flight.count > 0 {\n",
+                "            if st.closing {\n                return Step::Exit;\n            }\n"
+                "            if self.flight.count > 0 {\n",
+            )
+        ],
         "shutdown_racing_two_producers_drains_everything_accepted",
         "entries accepted before closing are never dispatched",
     ),
     (
         "closed checked before the shard lock",
         "src/engine.rs",
-        [("        let mut shard = lock(&cell.shard);\n        loop {\n",
-          "        if inner.closed.load(Ordering::SeqCst) {\n"
-          "            return Err(EnqueueError::Closed.into());\n        }\n"
-          "        let mut shard = lock(&cell.shard);\n        loop {\n"),
-         ("            if inner.closed.load(Ordering::Relaxed) {", "            if false {")],
+        [
+            (
+                "        let mut shard = lock(&cell.shard);\n        loop {\n",
+                "        if inner.closed.load(Ordering::SeqCst) {\n"
+                "            return Err(EnqueueError::Closed.into());\n        }\n"
+                "        let mut shard = lock(&cell.shard);\n        loop {\n",
+            ),
+            ("            if inner.closed.load(Ordering::Relaxed) {", "            if false {"),
+        ],
         "shutdown_racing_two_producers_drains_everything_accepted",
         "an enqueue that passed the check before the final collection is accepted and lost",
     ),
     (
         "flush done when its round starts, not when it ends",
         "src/worker.rs",
-        [("                    self.round = Some(st.flush_requested);\n",
-          "                    self.round = Some(st.flush_requested);\n"
-          "                    st.flush_done = st.flush_requested;\n"
-          "                    inner.state_cv.notify_all();\n")],
+        [
+            (
+                "                    self.round = Some(st.flush_requested);\n",
+                "                    self.round = Some(st.flush_requested);\n"
+                "                    st.flush_done = st.flush_requested;\n"
+                "                    inner.state_cv.notify_all();\n",
+            )
+        ],
         "flush_returns_after_what_was_enqueued_before_it",
         "flush returns before its entry is dispatched",
     ),
     (
         "a full batch does not wake the worker",
         "src/engine.rs",
-        [("            wake |= inner.approx.appended(&mut shard.unreported, charge);",
-          "            inner.approx.appended(&mut shard.unreported, charge);")],
+        [
+            (
+                "            wake |= inner.approx.appended(&mut shard.unreported, charge);",
+                "            inner.approx.appended(&mut shard.unreported, charge);",
+            )
+        ],
         "a_full_batch_wakes_the_sleeping_worker",
         "the sleeping worker is never woken: deadlock",
     ),
     (
         "a blocked producer does not re-check for room after registering",
         "src/engine.rs",
-        [("            if inner.pool.deficit(charge) != (0, 0) && !inner.closed.load(Ordering::SeqCst) {",
-          "            if !inner.closed.load(Ordering::SeqCst) {")],
+        [
+            (
+                "            if inner.pool.deficit(charge) != (0, 0) && !inner.closed.load(Ordering::SeqCst) {",
+                "            if !inner.closed.load(Ordering::SeqCst) {",
+            )
+        ],
         "a_blocked_producer_is_woken_when_room_is_freed",
         "room freed before the waiter registered wakes no one: deadlock",
     ),
@@ -142,9 +162,25 @@ def main() -> int:
         t0 = time.monotonic()
         try:
             run = subprocess.run(
-                ["cargo", "test", "--offline", "--package", "dispatcher-core", "--profile", "loom",
-                 "--test", "loom_handoff", "--", "--exact", model],
-                cwd=dest, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                [
+                    "cargo",
+                    "test",
+                    "--offline",
+                    "--package",
+                    "dispatcher-core",
+                    "--profile",
+                    "loom",
+                    "--test",
+                    "loom_handoff",
+                    "--",
+                    "--exact",
+                    model,
+                ],
+                cwd=dest,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
             )
             output, code = run.stdout + run.stderr, run.returncode
         except subprocess.TimeoutExpired:
@@ -162,12 +198,13 @@ def main() -> int:
             caught += 1
         else:
             verdict = "NOT CAUGHT (the model passed)"
-        print(f"loom mutant '{name}' ({why}): {verdict} by {model} in {took:.1f} s"
-              + (f": {reported(output)}" if verdict == "caught" else ""))
+        print(
+            f"loom mutant '{name}' ({why}): {verdict} by {model} in {took:.1f} s"
+            + (f": {reported(output)}" if verdict == "caught" else "")
+        )
         shutil.rmtree(dest)
     total = len(MUTANTS)
-    print(f"loom mutants: {caught} of {total} caught, {total - caught} missed, "
-          f"{time.monotonic() - started:.0f} s")
+    print(f"loom mutants: {caught} of {total} caught, {total - caught} missed, {time.monotonic() - started:.0f} s")
     return 0 if caught == total else 1
 
 
