@@ -32,9 +32,22 @@ def in_batch() -> bool:
     return _IN_BATCH.get()
 
 
+class _Escaped(Exception):
+    """Carries a ``KeyboardInterrupt`` or ``SystemExit`` raised by an async dispatch function
+    out of its task. Raised as they are, asyncio would not keep them in the task: it re-raises
+    them out of the event loop, which stops it (the app's own loop, in ``asyncio.run``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
 async def _await(awaitable: Any) -> Any:
     _IN_BATCH.set(True)  # in this batch's task context only
-    return await awaitable
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Escaped(exc) from None
 
 
 def _is_async(fn: Any) -> bool:
@@ -83,6 +96,9 @@ class Runner:
             if inspect.isawaitable(result):
                 self._run(result)
             return True
+        except _Escaped as escaped:
+            self._report(escaped.exc, entries)
+            return False
         except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
             self._report(exc, entries)
             return False
