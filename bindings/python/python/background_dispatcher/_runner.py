@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -121,6 +122,13 @@ class Runner:
             loop, self._private_loop = self._private_loop, None
         if loop is not None and not loop.is_running():
             loop.close()
+
+    def __del__(self) -> None:
+        # The runner goes when its dispatcher and worker are done with it. A dispatcher let
+        # go of without close() never closed the private loop: close it here, or it would be
+        # reported unclosed (ResourceWarning) and keep its self-pipe open until collected.
+        with contextlib.suppress(BaseException):  # never raise from __del__
+            self.close()
 
     def _run(self, awaitable: Any) -> None:
         app_loop = self.app_loop
