@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from background_dispatcher import BackgroundDispatcher, DispatcherStats
 
+from background_dispatcher import BackgroundDispatcher, DispatcherStats
 from conftest import CRASH_MARKERS, PATIENCE, run_python, wait_until
 
 #: How late a call with a deadline may return (shared, loaded machines): generous on purpose,
