@@ -96,7 +96,7 @@ def produce(d: BackgroundDispatcher[Any], threads: int, per_thread: int) -> int:
         go.wait(PATIENCE)
         for i in range(per_thread):
             accepted[t] += d.enqueue((t, i))
-            if i % 100 == 99:
+            if i % 25 == 24:
                 time.sleep(0.0005)  # pacing: spreads the entries over many windows
 
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
@@ -159,7 +159,7 @@ def test_a_raising_dispatch_function_fails_only_its_batches(kind: str, style: st
         assert d.flush(PATIENCE)
 
     start = time.monotonic()
-    d = in_style(style, lambda: make(style, faulty, ms_delay=1, max_batch_entries=64, max_queue_entries=None), body)
+    d = in_style(style, lambda: make(style, faulty, ms_delay=1, max_batch_entries=200, max_queue_entries=None), body)
 
     delivered, failed = faulty.entries(raised=False), faulty.entries(raised=True)
     calls = len(faulty.calls)

@@ -50,7 +50,7 @@ from conftest import PATIENCE, wait_until
 MiB = 1 << 20
 #: What an entry makes the dispatch function do when it is in a batch: nothing, raise (always,
 #: so the batch fails for good after its attempts; or "once", the first time only), or be slow.
-FAULTS = [None] * 12 + ["ValueError", "KeyboardInterrupt", "SystemExit", "once", "slow"]
+FAULTS = [None] * 40 + ["ValueError", "KeyboardInterrupt", "SystemExit", "once", "slow"]
 #: An entry: its size (None for an object that counts 0 bytes, else a bytearray of that many
 #: bytes) and its fault.
 ENTRY = st.tuples(st.one_of(st.none(), st.integers(0, 64), st.integers(65, 70_000), st.just(MiB)), st.sampled_from(FAULTS))
@@ -316,13 +316,20 @@ class DispatcherMachine(RuleBasedStateMachine):
             assert d.stats.queued_entries == 0, "close's deadline left entries queued"
 
     @precondition(lambda self: not self.closed)
-    @rule(spec=ENTRY)
-    def jam(self, spec: EntrySpec) -> None:
-        """set_mode("gated"), enqueue, flush: a batch stuck at the gate, so that what comes
-        next queues behind it (a sequence the rules above reach only rarely by chance)."""
+    @rule(spec=ENTRY, behind=st.lists(ENTRY, min_size=1, max_size=5))
+    def jam(self, spec: EntrySpec, behind: list[EntrySpec]) -> None:
+        """set_mode("gated"), enqueue, flush, enqueue more: a batch stuck at the gate with
+        entries queued behind it, for close to meet (a sequence the other rules reach only
+        rarely by chance)."""
         self.set_mode("gated")
         self.enqueue(spec)
         self.flush()
+        d = self._dispatcher()
+        if d.stats.queued_entries + d.stats.in_flight_entries:
+            # Flushing: what is queued goes to the gate now (and stays there).
+            wait_until(lambda: d.stats.in_flight_entries > 0, "a batch at the gate")
+        for entry in behind:
+            self.enqueue(entry)
 
     @rule(mode=st.sampled_from(MODES))
     def set_mode(self, mode: str) -> None:
