@@ -224,3 +224,27 @@ def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {"private_loop_child": 0, "app_loop_child": 0}
+
+
+def test_an_async_dispatcher_let_go_of_without_close_closes_its_private_loop() -> None:
+    # Only close() closed the private loop: letting the dispatcher go left it to the garbage
+    # collector, which reports it (ResourceWarning: unclosed event loop) in development mode.
+    proc = run_python("""
+        import gc
+        from background_dispatcher import BackgroundDispatcher
+
+        got = []
+
+        async def send(entries):
+            got.extend(entries)
+
+        for _ in range(3):
+            d = BackgroundDispatcher(send, ms_delay=60_000)
+            d.enqueue_many(range(10))
+            del d  # delivers, then the runner and its loop go
+            gc.collect()
+        print(len(got))
+    """, env={"PYTHONDEVMODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["30"]
+    assert proc.stderr == ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -53,11 +54,24 @@ class _Handoff:
             return True
 
 
+class _Escaped(Exception):
+    """Carries a ``KeyboardInterrupt`` or ``SystemExit`` raised by an async dispatch function
+    out of its task. Raised as they are, asyncio would not keep them in the task: it re-raises
+    them out of the event loop, which stops it (the app's own loop, in ``asyncio.run``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
 async def _await(awaitable: Any, handoff: _Handoff | None = None) -> Any:
     if handoff is not None and not handoff.claim():
         return None  # the worker took the batch back: the loop was stopping
     _IN_BATCH.set(True)  # in this batch's task context only
-    return await awaitable
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Escaped(exc) from None
 
 
 def _is_async(fn: Any) -> bool:
@@ -106,6 +120,9 @@ class Runner:
             if inspect.isawaitable(result):
                 self._run(result)
             return True
+        except _Escaped as escaped:
+            self._report(escaped.exc, entries)
+            return False
         except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
             self._report(exc, entries)
             return False
@@ -128,6 +145,13 @@ class Runner:
             loop, self._private_loop = self._private_loop, None
         if loop is not None and not loop.is_running():
             loop.close()
+
+    def __del__(self) -> None:
+        # The runner goes when its dispatcher and worker are done with it. A dispatcher let
+        # go of without close() never closed the private loop: close it here, or it would be
+        # reported unclosed (ResourceWarning) and keep its self-pipe open until collected.
+        with contextlib.suppress(BaseException):  # never raise from __del__
+            self.close()
 
     def _run(self, awaitable: Any) -> None:
         app_loop = self.app_loop
