@@ -229,7 +229,8 @@ def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> No
 def test_an_async_dispatcher_let_go_of_without_close_closes_its_private_loop() -> None:
     # Only close() closed the private loop: letting the dispatcher go left it to the garbage
     # collector, which reports it (ResourceWarning: unclosed event loop) in development mode.
-    proc = run_python("""
+    proc = run_python(
+        """
         import gc
         from background_dispatcher import BackgroundDispatcher
 
@@ -244,7 +245,9 @@ def test_an_async_dispatcher_let_go_of_without_close_closes_its_private_loop() -
             del d  # delivers, then the runner and its loop go
             gc.collect()
         print(len(got))
-    """, env={"PYTHONDEVMODE": "1"})
+    """,
+        env={"PYTHONDEVMODE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["30"]
     assert proc.stderr == ""

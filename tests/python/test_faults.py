@@ -113,7 +113,9 @@ def make(style: str, faulty: Faulty, **options: Any) -> BackgroundDispatcher[Any
     return BackgroundDispatcher(fn, on_error=faulty.on_error, on_drop=faulty.on_drop, **options)
 
 
-def in_style(style: str, create: Callable[[], BackgroundDispatcher[Any]], body: Callable[[BackgroundDispatcher[Any]], None]) -> BackgroundDispatcher[Any]:
+def in_style(
+    style: str, create: Callable[[], BackgroundDispatcher[Any]], body: Callable[[BackgroundDispatcher[Any]], None]
+) -> BackgroundDispatcher[Any]:
     """``body(create())``, as is or (async-app) with the dispatcher created inside
     ``asyncio.run``, checking that the loop keeps running throughout and that ``asyncio.run``
     returns normally. Returns the dispatcher."""
@@ -150,7 +152,9 @@ def in_style(style: str, create: Callable[[], BackgroundDispatcher[Any]], body: 
 
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_a_raising_dispatch_function_fails_only_its_batches(kind: str, style: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_raising_dispatch_function_fails_only_its_batches(
+    kind: str, style: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     threads, per_thread = 4, 2_000
     faulty = Faulty(KINDS[kind], fails=lambda call, entries: call % 3 == 0)  # the 1st, 4th, 7th... call
 
@@ -172,7 +176,13 @@ def test_a_raising_dispatch_function_fails_only_its_batches(kind: str, style: st
     assert [entries for _, entries in faulty.errors] == [entries for entries, r in faulty.calls if r]
     assert all(type(exc) is type(KINDS[kind]()) for exc, _ in faulty.errors)
     s = d.stats
-    assert (s.enqueued, s.dispatched, s.failed, s.batches, s.retries) == (len(everything), len(delivered), len(failed), calls, 0)
+    assert (s.enqueued, s.dispatched, s.failed, s.batches, s.retries) == (
+        len(everything),
+        len(delivered),
+        len(failed),
+        calls,
+        0,
+    )
     assert (s.rejected, s.evicted, s.abandoned, s.queued_entries, s.in_flight_entries) == (0, 0, 0, 0, 0)
 
     # The worker is alive: a batch after the failures is delivered.
@@ -303,7 +313,9 @@ def timed(what: str, timeout: float, log: list[str]) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("style", ["sync", "async-private"])
-def test_a_blocked_dispatch_function_close_returns_false_on_time(style: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_blocked_dispatch_function_close_returns_false_on_time(
+    style: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     stuck = Stuck()
     fn: Callable[[list[Any]], Awaitable[None] | None] = stuck if style == "sync" else stuck.async_call
     d = BackgroundDispatcher[Any](fn, ms_delay=1, on_drop=stuck.on_drop)
@@ -343,8 +355,10 @@ def test_a_blocked_dispatch_function_close_returns_false_on_time(style: str, cap
     assert (s.enqueued, s.dispatched, s.abandoned, s.rejected, s.batches) == (101, 1, 100, 6, 1)
     assert (s.queued_entries, s.in_flight_entries) == (0, 0) and consistent(s)
     with capsys.disabled():
-        print(f"\n[faults] blocked until released ({style}): 101 accepted, 1 delivered, 100 dropped at the deadline, "
-              f"lost 0; " + ", ".join(log))
+        print(
+            f"\n[faults] blocked until released ({style}): 101 accepted, 1 delivered, 100 dropped at the deadline, "
+            f"lost 0; " + ", ".join(log)
+        )
 
 
 # --------------------------------------------------------------------------------------------

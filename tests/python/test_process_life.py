@@ -223,7 +223,9 @@ def run_once(scenario: str, seed: int, out: Path) -> Outcome:
         elif accepted["inherited"] != [0, 0, 0, 0]:
             outcome.problems.append(f"fork child: inherited counters {accepted['inherited']}, expected none")
         compare(side, per_tag, read_delivered(out / f"{pid}.delivered"), outcome)
-    unexpected = {p.name for p in out.iterdir()} - {f"{pid}.{kind}" for pid in sides for kind in ("accepted", "delivered")}
+    unexpected = {p.name for p in out.iterdir()} - {
+        f"{pid}.{kind}" for pid in sides for kind in ("accepted", "delivered")
+    }
     if unexpected:
         outcome.problems.append(f"files from unexpected processes: {sorted(unexpected)}")
     return outcome

@@ -53,11 +53,17 @@ MiB = 1 << 20
 FAULTS = [None] * 40 + ["ValueError", "KeyboardInterrupt", "SystemExit", "once", "slow"]
 #: An entry: its size (None for an object that counts 0 bytes, else a bytearray of that many
 #: bytes) and its fault.
-ENTRY = st.tuples(st.one_of(st.none(), st.integers(0, 64), st.integers(65, 70_000), st.just(MiB)), st.sampled_from(FAULTS))
+ENTRY = st.tuples(
+    st.one_of(st.none(), st.integers(0, 64), st.integers(65, 70_000), st.just(MiB)), st.sampled_from(FAULTS)
+)
 #: How the dispatch function behaves for every batch, whatever is in it ("gated": blocks until
 #: the mode changes).
 MODES = ["deliver", "slow", "ValueError", "gated"]
-RAISES: dict[str, type[BaseException]] = {"ValueError": ValueError, "KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}
+RAISES: dict[str, type[BaseException]] = {
+    "ValueError": ValueError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+}
 #: How long a slow dispatch function takes per batch.
 SLOW = 0.002
 #: The deadline of flush/close while a batch may be stuck at the gate (they return False).
@@ -103,7 +109,9 @@ def dispatcher_options(draw: st.DrawFn) -> dict[str, Any]:
     max_queue_entries = draw(st.sampled_from([None, 1, 3, 40, 100_000]))
     max_queue_bytes = draw(st.sampled_from([None, None, 1024, 64 * 1024, 2 * MiB]))
     max_batch_entries = draw(st.none() | st.integers(1, min(max_queue_entries or 50, 50)))
-    max_batch_bytes = draw(st.sampled_from([None] + [b for b in (512, 1024, 64 * 1024, 2 * MiB) if b <= (max_queue_bytes or b)]))
+    max_batch_bytes = draw(
+        st.sampled_from([None] + [b for b in (512, 1024, 64 * 1024, 2 * MiB) if b <= (max_queue_bytes or b)])
+    )
     return {
         "ms_delay": ms_delay,
         "max_queue_entries": max_queue_entries,
@@ -398,7 +406,8 @@ def test_dispatcher_state_machine(capsys: pytest.CaptureFixture[str]) -> None:
             f"\n[state machine] {t['examples']} examples, {t['dispatchers']} dispatchers, {t['enqueued']} accepted, "
             f"{t['rejected']} rejected, {t['dispatched']} delivered, dropped {t['failed']} failed + {t['evicted']} "
             f"evicted + {t['abandoned']} at a close deadline, lost 0, duplicates 0, {t['batches']} batches "
-            f"({t['retries']} retries), {t['flush deadlines']} flush and {t['close deadlines']} close deadlines, {t['dropped without close']} dispatchers dropped without close, {time.monotonic() - start:.1f} s"
+            f"({t['retries']} retries), {t['flush deadlines']} flush and {t['close deadlines']} close deadlines, "
+            f"{t['dropped without close']} dispatchers dropped without close, {time.monotonic() - start:.1f} s"
         )
     assert t["examples"] >= 200 and t["enqueued"] > 0
     assert t["dispatched"] > 0 and t["failed"] > 0 and t["evicted"] > 0 and t["abandoned"] > 0, t
