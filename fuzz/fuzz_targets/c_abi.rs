@@ -148,10 +148,17 @@ unsafe fn read_batch(batch: *const bd_batch) -> Vec<Option<u32>> {
         let id = (data.len() >= ID_BYTES)
             .then(|| u32::from_le_bytes(data[..ID_BYTES].try_into().unwrap()));
         let expected = entry(id.unwrap_or(0), data.len());
-        assert!(data == &expected[..], "entry {id:?} of {} bytes corrupted", data.len());
+        assert!(
+            data == &expected[..],
+            "entry {id:?} of {} bytes corrupted",
+            data.len()
+        );
         ids.push(id);
     }
-    assert_eq!(batch.bytes, bytes, "bd_batch.bytes is not the sum of the lengths");
+    assert_eq!(
+        batch.bytes, bytes,
+        "bd_batch.bytes is not the sum of the lengths"
+    );
     ids
 }
 
@@ -176,7 +183,11 @@ unsafe extern "C" fn on_dispatch(user_data: *mut c_void, batch: *const bd_batch)
     0
 }
 
-unsafe extern "C" fn on_drop(user_data: *mut c_void, batch: *const bd_batch, reason: bd_drop_reason) {
+unsafe extern "C" fn on_drop(
+    user_data: *mut c_void,
+    batch: *const bd_batch,
+    reason: bd_drop_reason,
+) {
     // SAFETY: as in on_dispatch.
     let t = unsafe { &*(user_data as *const Tracker) };
     // SAFETY: from the library.
@@ -186,7 +197,10 @@ unsafe extern "C" fn on_drop(user_data: *mut c_void, batch: *const bd_batch, rea
     match reason {
         bd_drop_reason::Failed => assert!(attempt >= 1, "FAILED entries never dispatched"),
         bd_drop_reason::Evicted => {
-            assert_eq!(t.overflow, BD_OVERFLOW_DROP_OLDEST, "EVICTED without DROP_OLDEST");
+            assert_eq!(
+                t.overflow, BD_OVERFLOW_DROP_OLDEST,
+                "EVICTED without DROP_OLDEST"
+            );
             assert_eq!(attempt, 0, "evicted entries had been dispatched");
         }
         bd_drop_reason::ShutdownTimeout => assert_eq!(attempt, 0),
@@ -228,7 +242,10 @@ struct Slot {
 }
 
 fn status_ok_or(s: bd_status, allowed: &[bd_status], what: &str) {
-    assert!(s == bd_status::Ok || allowed.contains(&s), "{what}: undocumented status {s:?}");
+    assert!(
+        s == bd_status::Ok || allowed.contains(&s),
+        "{what}: undocumented status {s:?}"
+    );
 }
 
 impl Slot {
@@ -237,11 +254,19 @@ impl Slot {
         assert_eq!(bd_stats_get(self.handle, &mut st), bd_status::Ok);
         assert_eq!(
             st.enqueued,
-            st.dispatched + st.failed + st.evicted + st.abandoned + st.queued_entries
+            st.dispatched
+                + st.failed
+                + st.evicted
+                + st.abandoned
+                + st.queued_entries
                 + st.in_flight_entries,
             "stats identity broken: {st:?}"
         );
-        assert_eq!(st.enqueued, self.accepted.len() as u64 + self.accepted_short, "{st:?}");
+        assert_eq!(
+            st.enqueued,
+            self.accepted.len() as u64 + self.accepted_short,
+            "{st:?}"
+        );
         assert_eq!(st.rejected, self.rejected, "{st:?}");
         st
     }
@@ -265,7 +290,10 @@ impl Slot {
         let mut freed = t.freed.lock().unwrap();
         while *freed == 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "user_data_free not called {FREE_DEADLINE:?} after bd_free");
+            assert!(
+                !left.is_zero(),
+                "user_data_free not called {FREE_DEADLINE:?} after bd_free"
+            );
             freed = t.freed_cv.wait_timeout(freed, left).unwrap().0;
         }
         assert_eq!(*freed, 1, "user_data_free called more than once");
@@ -276,13 +304,23 @@ impl Slot {
             accepted.insert(id, ());
             let d = seen.delivered.get(&id).copied().unwrap_or(0);
             let x = seen.dropped.get(&id).copied().unwrap_or(0);
-            assert!(d + x <= 1, "entry {id}: delivered {d} times, dropped {x} times");
+            assert!(
+                d + x <= 1,
+                "entry {id}: delivered {d} times, dropped {x} times"
+            );
             if self.has_on_drop {
-                assert_eq!(d + x, 1, "entry {id} accepted but neither delivered nor dropped");
+                assert_eq!(
+                    d + x,
+                    1,
+                    "entry {id} accepted but neither delivered nor dropped"
+                );
             }
         }
         for id in seen.delivered.keys().chain(seen.dropped.keys()) {
-            assert!(accepted.contains_key(id), "entry {id} came out but was never accepted");
+            assert!(
+                accepted.contains_key(id),
+                "entry {id} came out but was never accepted"
+            );
         }
         let out_short = seen.delivered_short + seen.dropped_short;
         assert!(out_short <= self.accepted_short, "short entries duplicated");
@@ -336,7 +374,9 @@ fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
         freed_cv: Condvar::new(),
     });
     let user_data = &*tracker as *const Tracker as *mut c_void;
-    let opts_ptr = options.as_ref().map_or(ptr::null(), |o| o as *const bd_options);
+    let opts_ptr = options
+        .as_ref()
+        .map_or(ptr::null(), |o| o as *const bd_options);
     let mut out: *mut bd_dispatcher = ptr::null_mut();
     match input.u8() % 16 {
         0 => {
@@ -345,7 +385,13 @@ fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
             return;
         }
         1 => {
-            let s = bd_new(Some(on_dispatch), user_data, ms_delay.max(1), opts_ptr, ptr::null_mut());
+            let s = bd_new(
+                Some(on_dispatch),
+                user_data,
+                ms_delay.max(1),
+                opts_ptr,
+                ptr::null_mut(),
+            );
             assert_eq!(s, bd_status::NullArg, "bd_new with a NULL out");
             return;
         }
@@ -355,14 +401,19 @@ fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
         return;
     }
     let s = bd_new(Some(on_dispatch), user_data, ms_delay, opts_ptr, &mut out);
-    let bad_version = options.as_ref().is_some_and(|o| o.version != BD_OPTIONS_VERSION);
+    let bad_version = options
+        .as_ref()
+        .is_some_and(|o| o.version != BD_OPTIONS_VERSION);
     if s != bd_status::Ok {
         assert_eq!(s, bd_status::InvalidOptions, "bd_new: undocumented status");
         assert!(out.is_null(), "bd_new wrote *out on failure");
         // user_data still ours, and no callback may ever see it: the Box drops here.
         return;
     }
-    assert!(!bad_version, "bd_new accepted options not made by bd_options_init");
+    assert!(
+        !bad_version,
+        "bd_new accepted options not made by bd_options_init"
+    );
     assert!(ms_delay != 0, "bd_new accepted ms_delay 0");
     assert!(!out.is_null());
     slots.push(Slot {
@@ -386,7 +437,11 @@ fn pick(input: &mut Input, slots: &[Slot]) -> Option<usize> {
 
 fn op_enqueue(input: &mut Input, slots: &mut [Slot], next_id: &mut u32, burst: bool) {
     let slot = pick(input, slots);
-    let count = if burst { 1 + usize::from(input.u8() % 64) } else { 1 };
+    let count = if burst {
+        1 + usize::from(input.u8() % 64)
+    } else {
+        1
+    };
     let kind = input.u8() % 16;
     let len = match kind {
         0 => 0,
@@ -452,7 +507,11 @@ fn run(data: &[u8]) {
                     assert_eq!(bd_flush(ptr::null(), t), bd_status::NullArg);
                     continue;
                 };
-                status_ok_or(bd_flush(slots[i].handle, t), &[bd_status::Timeout], "bd_flush");
+                status_ok_or(
+                    bd_flush(slots[i].handle, t),
+                    &[bd_status::Timeout],
+                    "bd_flush",
+                );
             }
             4 => {
                 let slot = pick(&mut input, &slots);
@@ -474,7 +533,10 @@ fn run(data: &[u8]) {
                 Some(i) => {
                     let st = slots[i].stats();
                     assert!(st.queued_entries <= st.enqueued);
-                    assert_eq!(bd_stats_get(slots[i].handle, ptr::null_mut()), bd_status::NullArg);
+                    assert_eq!(
+                        bd_stats_get(slots[i].handle, ptr::null_mut()),
+                        bd_status::NullArg
+                    );
                 }
                 None => {
                     let mut st = bd_stats::default();
@@ -494,19 +556,24 @@ fn run(data: &[u8]) {
             _ => {
                 // Drain one dispatcher with no deadline: afterwards nothing is queued or in
                 // flight, and the callbacks' view matches the counters.
-                let Some(i) = pick(&mut input, &slots) else { continue };
+                let Some(i) = pick(&mut input, &slots) else {
+                    continue;
+                };
                 let slot = &mut slots[i];
                 assert_eq!(bd_shutdown(slot.handle, BD_NO_TIMEOUT), bd_status::Ok);
                 slot.shut_down = true;
                 let st = slot.stats();
                 assert_eq!((st.queued_entries, st.in_flight_entries), (0, 0), "{st:?}");
                 let seen = slot.tracker.seen.lock().unwrap();
-                let delivered =
-                    seen.delivered.values().map(|&n| u64::from(n)).sum::<u64>() + seen.delivered_short;
-                assert_eq!(delivered, st.dispatched, "callbacks saw {delivered}: {st:?}");
+                let delivered = seen.delivered.values().map(|&n| u64::from(n)).sum::<u64>()
+                    + seen.delivered_short;
+                assert_eq!(
+                    delivered, st.dispatched,
+                    "callbacks saw {delivered}: {st:?}"
+                );
                 if slot.has_on_drop {
-                    let dropped =
-                        seen.dropped.values().map(|&n| u64::from(n)).sum::<u64>() + seen.dropped_short;
+                    let dropped = seen.dropped.values().map(|&n| u64::from(n)).sum::<u64>()
+                        + seen.dropped_short;
                     assert_eq!(dropped, st.failed + st.evicted + st.abandoned, "{st:?}");
                 }
             }
