@@ -523,7 +523,11 @@ fn main() {
             t.shutdown_timeouts + t.release_timeouts == 0,
         ),
         ("entries flowed", t.accepted > 0 && t.delivered > 0),
-        ("exhausted retries reached on_drop (Failed)", t.failed > 0),
+        // About 7 exhausted batches are expected per 2 minutes; shorter runs may see none.
+        (
+            "exhausted retries reached on_drop (Failed; required from 2 min)",
+            t.failed > 0 || run < Duration::from_secs(120),
+        ),
         ("resident memory flat", rss_flat),
         ("thread count stable", threads_stable),
     ];
