@@ -13,7 +13,13 @@
 //!   and every entry arrives with the bytes it was enqueued with;
 //! - nothing is lost or duplicated: once a dispatcher is freed, each accepted entry was
 //!   delivered once or (when `on_drop` is set) handed to `on_drop` once, with a reason the
-//!   options allow; `user_data_free` is called exactly once, after the last callback.
+//!   options allow; `user_data_free` is called exactly once, after the last callback;
+//! - from inside the dispatch callback (when the input says so), `bd_flush` and `bd_shutdown`
+//!   return `BD_STATUS_REENTRANT`, `bd_stats_get` works, and `bd_enqueue` does not wait; its
+//!   entries are accounted like the others.
+//!
+//! `SOAK_FUZZ_SEEDED_LEAK=1` is the negative control of the leak check: every input then
+//! leaks one allocation, which LeakSanitizer must report (`make soak` checks that it does).
 //!
 //! Times are clamped (ms_delay, backoffs and timeouts of a few ms, at most 4 attempts) so that
 //! an input runs in milliseconds; sizes, limits, policies and the options' version are not.
@@ -117,11 +123,72 @@ struct Seen {
 struct Tracker {
     /// Bit `n % 64` set: dispatch call `n` fails.
     fail_mask: u64,
+    /// Bit `n % 64` set: dispatch call `n` first calls back into the library.
+    reenter_mask: u64,
     calls: AtomicU64,
+    /// The dispatcher, for those re-entrant calls. The callback makes them holding this lock,
+    /// and the harness clears it (under the lock) before `bd_free`, so no callback uses a
+    /// freed handle; the harness also holds it to compare stats with `Reentered`.
+    handle: Mutex<Reentered>,
     overflow: u32,
     seen: Mutex<Seen>,
     freed: Mutex<u32>,
     freed_cv: Condvar,
+}
+
+/// What the dispatch callback enqueued into its own dispatcher.
+struct Reentered {
+    handle: *const bd_dispatcher,
+    next_id: u32,
+    accepted: Vec<u32>,
+    rejected: u64,
+}
+
+// SAFETY: the handle is only used under the Mutex, while the harness keeps it alive, and
+// every function it is passed to is documented as callable from any thread.
+unsafe impl Send for Reentered {}
+
+/// Ids of re-entrant entries: the harness's own ids stay below this.
+const REENTRANT_IDS: u32 = 1 << 31;
+
+/// From inside the dispatch callback: flush and shutdown must refuse (`REENTRANT`), stats
+/// must work, and an enqueue must not wait (its entry is accounted like any other).
+fn reenter(t: &Tracker) {
+    let mut r = t.handle.lock().unwrap();
+    if r.handle.is_null() {
+        return;
+    }
+    let h = r.handle;
+    assert_eq!(
+        bd_flush(h, BD_NO_TIMEOUT),
+        bd_status::Reentrant,
+        "bd_flush in a callback"
+    );
+    assert_eq!(
+        bd_shutdown(h, BD_NO_TIMEOUT),
+        bd_status::Reentrant,
+        "bd_shutdown in a callback"
+    );
+    let mut st = bd_stats::default();
+    assert_eq!(
+        bd_stats_get(h, &mut st),
+        bd_status::Ok,
+        "bd_stats_get in a callback"
+    );
+    let id = REENTRANT_IDS + r.next_id;
+    r.next_id += 1;
+    let e = entry(id, 8);
+    match bd_enqueue(h, e.as_ptr(), e.len()) {
+        bd_status::Ok => r.accepted.push(id),
+        s => {
+            status_ok_or(
+                s,
+                &[bd_status::QueueFull, bd_status::Closed],
+                "bd_enqueue in a callback",
+            );
+            r.rejected += 1;
+        }
+    }
 }
 
 /// Checks one batch and returns its entries' ids (None for short entries).
@@ -170,6 +237,9 @@ unsafe extern "C" fn on_dispatch(user_data: *mut c_void, batch: *const bd_batch)
     // SAFETY: checked non-NULL by read_batch.
     assert!(unsafe { (*batch).attempt } >= 1, "dispatch with attempt 0");
     let call = t.calls.fetch_add(1, Ordering::Relaxed);
+    if t.reenter_mask & (1 << (call % 64)) != 0 {
+        reenter(t);
+    }
     if t.fail_mask & (1 << (call % 64)) != 0 {
         return -1;
     }
@@ -251,6 +321,7 @@ fn status_ok_or(s: bd_status, allowed: &[bd_status], what: &str) {
 impl Slot {
     fn stats(&self) -> bd_stats {
         let mut st = bd_stats::default();
+        let reentered = self.tracker.handle.lock().unwrap();
         assert_eq!(bd_stats_get(self.handle, &mut st), bd_status::Ok);
         assert_eq!(
             st.enqueued,
@@ -264,15 +335,17 @@ impl Slot {
         );
         assert_eq!(
             st.enqueued,
-            self.accepted.len() as u64 + self.accepted_short,
+            (self.accepted.len() + reentered.accepted.len()) as u64 + self.accepted_short,
             "{st:?}"
         );
-        assert_eq!(st.rejected, self.rejected, "{st:?}");
+        assert_eq!(st.rejected, self.rejected + reentered.rejected, "{st:?}");
         st
     }
 
     /// Frees the dispatcher, waits for `user_data_free`, and checks where every entry went.
     fn free(self) {
+        // No callback may touch the handle from here on (see `Tracker::handle`).
+        self.tracker.handle.lock().unwrap().handle = ptr::null();
         bd_free(self.handle);
         if !self.has_user_data_free {
             if self.timed_out {
@@ -300,7 +373,8 @@ impl Slot {
         drop(freed);
         let seen = t.seen.lock().unwrap();
         let mut accepted: HashMap<u32, ()> = HashMap::new();
-        for &id in &self.accepted {
+        let reentered = t.handle.lock().unwrap();
+        for &id in self.accepted.iter().chain(&reentered.accepted) {
             accepted.insert(id, ());
             let d = seen.delivered.get(&id).copied().unwrap_or(0);
             let x = seen.dropped.get(&id).copied().unwrap_or(0);
@@ -367,7 +441,14 @@ fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
     let options = read_options(input, with_on_drop);
     let tracker = Box::new(Tracker {
         fail_mask: input.u64() & input.u64(), // sparse: about a quarter of the calls fail
+        reenter_mask: input.u64() & input.u64(),
         calls: AtomicU64::new(0),
+        handle: Mutex::new(Reentered {
+            handle: ptr::null(),
+            next_id: 0,
+            accepted: Vec::new(),
+            rejected: 0,
+        }),
         overflow: options.as_ref().map_or(0, |o| o.overflow),
         seen: Mutex::default(),
         freed: Mutex::new(0),
@@ -416,6 +497,7 @@ fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
     );
     assert!(ms_delay != 0, "bd_new accepted ms_delay 0");
     assert!(!out.is_null());
+    tracker.handle.lock().unwrap().handle = out;
     slots.push(Slot {
         handle: out,
         tracker,
@@ -492,6 +574,12 @@ fn account(slot: &mut Slot, s: bd_status, id: Option<u32>) {
 }
 
 fn run(data: &[u8]) {
+    static SEEDED_LEAK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *SEEDED_LEAK
+        .get_or_init(|| std::env::var_os("SOAK_FUZZ_SEEDED_LEAK").is_some_and(|v| v == "1"))
+    {
+        std::mem::forget(std::hint::black_box(vec![0x5au8; 64]));
+    }
     let mut input = Input(data);
     let mut slots: Vec<Slot> = Vec::new();
     let mut next_id = 0u32;

@@ -77,8 +77,17 @@ run_fuzz() {
     crashes=$(grep -c -E '^==[0-9]+==ERROR|panicked at|deadly signal|^SUMMARY: libFuzzer: timeout' "$log")
     leaks=$(grep -c 'ERROR: LeakSanitizer' "$log")
     corpus=$(find fuzz/corpus/c_abi -type f | wc -l)
-    local figures="runs ${runs:-0}, crashes $crashes, leaks $leaks, corpus $corpus inputs, exit $rc"
-    if [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ] && [ "$leaks" -eq 0 ] && [ "${runs:-0}" -gt 0 ]; then
+    # Negative control: with SOAK_FUZZ_SEEDED_LEAK=1 every input leaks 64 bytes, which
+    # LeakSanitizer must report (non-zero exit), or "0 leaks" above would mean nothing.
+    local ctl=$OUT/fuzz-control.log ctl_rc ctl_leaks
+    SOAK_FUZZ_SEEDED_LEAK=1 timeout 300 fuzz/target/$TARGET/release/c_abi -runs=200 \
+        -detect_leaks=1 -artifact_prefix="$OUT/fuzz-control-" > "$ctl" 2>&1
+    ctl_rc=$?
+    ctl_leaks=$(grep -c 'ERROR: LeakSanitizer' "$ctl")
+    echo "soak[fuzz]: seeded-leak control: exit $ctl_rc, $ctl_leaks LeakSanitizer report(s) (must be >= 1)"
+    local figures="runs ${runs:-0}, crashes $crashes, leaks $leaks, corpus $corpus inputs, exit $rc; seeded-leak control reported $ctl_leaks"
+    if [ "$rc" -eq 0 ] && [ "$crashes" -eq 0 ] && [ "$leaks" -eq 0 ] && [ "${runs:-0}" -gt 0 ] &&
+        [ "$ctl_rc" -ne 0 ] && [ "$ctl_leaks" -ge 1 ]; then
         result fuzz PASS $((SECONDS - start)) "$figures"
     else
         grep -v '^#' "$log" | tail -40
