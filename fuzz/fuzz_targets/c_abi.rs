@@ -294,6 +294,8 @@ unsafe extern "C" fn on_user_data_free(user_data: *mut c_void) {
 }
 
 /// Trackers of dispatchers whose end cannot be observed (see `Slot::free`).
+// Boxed: the tracker's address is the worker's user_data, so it must not move.
+#[allow(clippy::vec_box)]
 static GRAVEYARD: Mutex<Vec<Box<Tracker>>> = Mutex::new(Vec::new());
 
 /// A live dispatcher and what the harness did with it.
@@ -437,7 +439,7 @@ fn read_options(input: &mut Input, with_on_drop: bool) -> Option<bd_options> {
 
 fn op_new(input: &mut Input, slots: &mut Vec<Slot>) {
     let ms_delay = u64::from(input.u8() % 6); // 0 is invalid
-    let with_on_drop = input.u8() % 4 != 0;
+    let with_on_drop = !input.u8().is_multiple_of(4);
     let options = read_options(input, with_on_drop);
     let tracker = Box::new(Tracker {
         fail_mask: input.u64() & input.u64(), // sparse: about a quarter of the calls fail
