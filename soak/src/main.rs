@@ -501,6 +501,20 @@ fn main() {
     };
     let (first, second) = (max_rss(&|t| t < mid), max_rss(&|t| t >= mid));
     let growth = mib(second) - mib(first);
+    // Least-squares slope after the warm-up, for the reader (the verdict uses the maxima,
+    // which one noisy sample cannot fail the way a fitted line can).
+    let slope_per_10min = {
+        let n = after.len() as f64;
+        let (sx, sy) = after.iter().fold((0.0, 0.0), |(sx, sy), s| {
+            (sx + s.0.as_secs_f64(), sy + mib(s.1))
+        });
+        let (mx, my) = (sx / n, sy / n);
+        let (num, den) = after.iter().fold((0.0, 0.0), |(num, den), s| {
+            let dx = s.0.as_secs_f64() - mx;
+            (num + dx * (mib(s.1) - my), den + dx * dx)
+        });
+        if den > 0.0 { num / den * 600.0 } else { 0.0 }
+    };
     let rss_flat = after.len() >= 2 && second as f64 <= first as f64 + slack_mib * 1048576.0;
     let threads: Vec<u64> = after.iter().map(|s| s.2).collect();
     let (t_min, t_max) = (
@@ -554,7 +568,8 @@ fn main() {
     );
     println!(
         "soak: rss after warm-up: max {:.1} MiB in the first half, {:.1} MiB in the second \
-         (growth {growth:+.1} MiB, allowed {slack_mib}); threads {t_min}..{t_max} over {} samples",
+         (growth {growth:+.1} MiB, allowed {slack_mib}; slope {slope_per_10min:+.2} MiB per 10 min); \
+         threads {t_min}..{t_max} over {} samples",
         mib(first),
         mib(second),
         after.len()
