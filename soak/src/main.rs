@@ -515,6 +515,11 @@ fn main() {
         });
         if den > 0.0 { num / den * 600.0 } else { 0.0 }
     };
+    // Extrapolated from less than 5 minutes, the slope mostly measures the warm-up's tail.
+    let slope = match run - warm_up >= Duration::from_secs(300) {
+        true => format!("{slope_per_10min:+.2} MiB per 10 min"),
+        false => "not shown under 5 min".to_string(),
+    };
     let rss_flat = after.len() >= 2 && second as f64 <= first as f64 + slack_mib * 1048576.0;
     let threads: Vec<u64> = after.iter().map(|s| s.2).collect();
     let (t_min, t_max) = (
@@ -568,7 +573,7 @@ fn main() {
     );
     println!(
         "soak: rss after warm-up: max {:.1} MiB in the first half, {:.1} MiB in the second \
-         (growth {growth:+.1} MiB, allowed {slack_mib}; slope {slope_per_10min:+.2} MiB per 10 min); \
+         (growth {growth:+.1} MiB, allowed {slack_mib}; slope {slope}); \
          threads {t_min}..{t_max} over {} samples",
         mib(first),
         mib(second),
