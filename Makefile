@@ -8,6 +8,8 @@ CC ?= cc
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 CBINDGEN_VERSION := 0.29.4
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(BIN)/cargo-fuzz
 CMAKE := $(BIN)/cmake
 CTEST := $(BIN)/ctest
 CBINDGEN := $(BIN)/cbindgen
@@ -188,6 +190,27 @@ test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and m
 .PHONY: bench
 bench: $(VENV)/.installed ## Benchmarks against the peers (~8 min; QUICK=1: ~1 min) into benchmarks/RESULTS.md
 	PATH="$(BIN):$$PATH" $(PY) benchmarks/run.py $(if $(QUICK),--quick)
+
+.PHONY: soak
+soak: ## Slow tier, not in CI: fuzz, TSan and a soak (SOAK_FUZZ_SECONDS=60, SOAK_MINUTES=30), then a summary
+	@$(MAKE) --no-print-directory soak-tools
+	BD_TOOLS_BIN=$(BIN) bash tests/soak/run.sh all
+
+.PHONY: soak-fuzz soak-tsan soak-run
+soak-fuzz: soak-tools ## make soak's fuzz part alone
+	BD_TOOLS_BIN=$(BIN) bash tests/soak/run.sh fuzz
+soak-tsan: ## make soak's ThreadSanitizer part alone
+	bash tests/soak/run.sh tsan
+soak-run: ## make soak's soak part alone
+	bash tests/soak/run.sh soak
+
+# cargo-fuzz only where it can run: without nightly, run.sh prints SKIPPED for the fuzz part.
+.PHONY: soak-tools
+soak-tools:
+	@if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then $(MAKE) --no-print-directory $(CARGO_FUZZ); fi
+
+$(CARGO_FUZZ):
+	cargo install --quiet --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(VENV)
 
 .PHONY: lint
 lint: $(VENV)/.installed ## ruff check and format, mypy --strict (package and tests), rustfmt, clippy -D warnings
