@@ -15,6 +15,11 @@ pub(crate) const RECORD_HEADER: usize = 8;
 /// a few records costs more than the room it wins.
 const COMPACT_AFTER: usize = 4096;
 
+/// Resident bytes past the records of an evicted-from buffer below which
+/// `release_unused_pages` keeps them: releasing costs a syscall, and the next appends fault
+/// the pages back in.
+const RELEASE_AFTER: usize = 256 << 10;
+
 /// The largest entry (and the largest charge) a record can describe.
 pub(crate) const MAX_ENTRY_LEN: usize = u32::MAX as usize;
 
@@ -265,16 +270,50 @@ impl Arena {
         self.bytes -= charge;
         if self.entries == 0 {
             self.reset();
+            self.release_unused_pages();
         } else if self.head >= COMPACT_AFTER && self.head >= self.buf.len() / 8 {
-            // Keeps the buffer within 8/7 of its records, so that what a stuck queue holds
-            // stays near its bound (at a quarter, 4/3, the bounded-memory check of 8 MiB
-            // under DropOldest grew by 14-16.5 MiB; at an eighth, 10.5-13). The price: at most
-            // 7 bytes moved per byte consumed, a constant cost per evicted byte.
+            // Keeps the buffer within 8/7 of its records, at a constant cost: at most 7 bytes
+            // moved per byte consumed.
             self.touched = self.touched.max(self.buf.len());
             self.buf.drain(..self.head);
             self.head = 0;
+            self.release_unused_pages();
         }
         Some(charge)
+    }
+
+    /// Gives the pages past the records back to the kernel when the buffer was once much
+    /// fuller than it is. Only evictions consume a shard's buffer in place, and the records
+    /// they leave can sit in any shard: without this, a stuck queue under `DropOldest` would
+    /// keep every shard's largest buffer resident as its entries moved between shards (the
+    /// bounded-memory check of 8 MiB grew by up to 19 MiB; with it, by about 10). It runs
+    /// at most once per compaction, so never on the ordinary enqueue path.
+    fn release_unused_pages(&mut self) {
+        const PAGE: usize = 4096;
+        let base = self.buf.as_mut_ptr() as usize;
+        // Whole pages only: from the first page boundary past the records to the last one
+        // before the end of what was written (and of the capacity).
+        let from = (base + self.buf.len()).next_multiple_of(PAGE);
+        let to = (base + self.touched.min(self.buf.capacity())) / PAGE * PAGE;
+        // A buffer that merely cycles between compactions (written up to 8/7 of its records)
+        // keeps its pages: releasing them would cost a fault per page on every cycle. One
+        // that was once much fuller than it is gives back the difference.
+        let records = self.buf.len();
+        if to < from + RELEASE_AFTER || to - base < records + records / 2 {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: `from..to` is whole pages inside `buf`'s spare capacity, past every
+            // record: nothing points there and nothing reads it before writing it (the kernel
+            // gives zeroed pages back on the next write). The allocator's own headers lie
+            // outside the capacity.
+            if unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) }
+                == 0
+            {
+                self.touched = from - base;
+            }
+        }
     }
 
     /// How many records from the front fit in `max_entries` and `max_bytes` (`usize::MAX`
@@ -392,6 +431,36 @@ mod tests {
                 .all(|(e, i)| e.len() == 1000 && e.iter().all(|&b| b == i as u8)),
             "compaction kept the newest records, in order"
         );
+    }
+
+    #[test]
+    fn an_arena_emptied_by_evictions_gives_its_pages_back() {
+        // A shard that once held 4 MiB, then lost all but ten records to evictions: what it
+        // keeps resident must follow what it holds, not what it once held.
+        let mut a = Arena::default();
+        for i in 0..4000u32 {
+            a.push(&[i as u8; 1000], 1000);
+        }
+        while a.entries() > 10 {
+            a.pop_front(None);
+        }
+        assert!(
+            a.touched < RELEASE_AFTER + 64 * 1024,
+            "{} bytes still counted resident for {} bytes of records",
+            a.touched,
+            a.buf.len()
+        );
+        // The records left are intact, and the buffer takes new ones.
+        a.push(&[7; 1000], 1000);
+        let kept = collect(&a);
+        assert_eq!(kept.len(), 11);
+        assert!(
+            kept[..10]
+                .iter()
+                .zip(3990u32..)
+                .all(|(e, i)| e.iter().all(|&b| b == i as u8))
+        );
+        assert!(kept[10].iter().all(|&b| b == 7));
     }
 
     #[test]
