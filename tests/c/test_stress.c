@@ -392,7 +392,7 @@ static void race_run(race_t *r, rng_t *rng, race_totals *tot) {
         fprintf(stderr, "bd_shutdown: %s after %.3f s\n", bd_status_str(st), (double)dt / 1e9);
         tot->hangs++;
     }
-    tot->over_1s += dt > 1000 * NS_PER_MS;
+    tot->over_1s += dt > T(1000) * NS_PER_MS; /* 1 s; scaled under valgrind */
     tot->sum_shutdown_ns += dt;
     tot->max_shutdown_ns = dt > tot->max_shutdown_ns ? dt : tot->max_shutdown_ns;
 
@@ -488,8 +488,10 @@ static void shutdown_race(void) {
     CHECK_EQ(tot.delivered, tot.accepted);
     /* Each producer ends on CLOSED and sees CLOSED once more. */
     CHECK_EQ(tot.closed, 2 * tot.producers);
-    /* "Returns within 1 s" is measured and printed above; the assertion is the generous
-     * T(10000) deadline given to bd_shutdown (hangs), as the machine may be loaded. */
+    /* Every shutdown returns within 1 s (scaled under valgrind). bd_shutdown's own deadline is
+     * the larger T(10000), so that a slow drain shows as "over 1 s", not as a hang. Seen
+     * here: max 9 ms plain, 23 ms under ASan, 160 ms under valgrind. */
+    CHECK_EQ(tot.over_1s, 0);
     CHECK(tot.max_shutdown_ns <= T(10000) * NS_PER_MS + 500 * NS_PER_MS);
 }
 
