@@ -165,7 +165,7 @@ test-loom: ## Model-check the engine's hand-off with loom, then check that seede
 	LOOM_MAX_PREEMPTIONS=$(LOOM_MAX_PREEMPTIONS) $(PYTHON) dispatcher-core/tests/loom_mutants.py
 
 .PHONY: test-c
-test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer, valgrind
+test-c: build $(VENV)/.installed ## C/C++ tests under ctest: plain, AddressSanitizer+UBSan, valgrind
 	$(CMAKE) -S tests/c -B $(C_BUILD) -DBD_ROOT=$(CURDIR) -DCMAKE_BUILD_TYPE=Debug > /dev/null
 	$(CMAKE) --build $(C_BUILD) -j $(JOBS) > /dev/null
 	$(CTEST) --test-dir $(C_BUILD) --output-on-failure -j $(JOBS)
@@ -188,7 +188,7 @@ test-python: python ## pytest tests/python, the stub check (mypy.stubtest) and m
 	$(PY) -m mypy --strict bindings/python/python/background_dispatcher
 
 .PHONY: bench
-bench: $(VENV)/.installed ## Benchmarks against the peers (~8 min; QUICK=1: ~1 min) into benchmarks/RESULTS.md
+bench: $(VENV)/.installed ## Benchmarks against the peers (2-3 min; QUICK=1: ~30 s) into benchmarks/RESULTS.md
 	PATH="$(BIN):$$PATH" $(PY) benchmarks/run.py $(if $(QUICK),--quick)
 
 .PHONY: soak
@@ -213,7 +213,7 @@ $(CARGO_FUZZ):
 	cargo install --quiet --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(VENV)
 
 .PHONY: lint
-lint: $(VENV)/.installed ## ruff check and format, mypy --strict (package and tests), rustfmt, clippy -D warnings
+lint: $(VENV)/.installed ## ruff check and format, mypy --strict (package, tests, examples), rustfmt, clippy -D warnings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# The package's source and stub, not an installed copy: lint needs no build.

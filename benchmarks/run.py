@@ -6,7 +6,7 @@ Rust), on the same workload, and reports ratios next to absolute figures: the ma
 shared VM whose absolute numbers drift by tens of percent between minutes, so the ratios of
 neighbouring measurements are what mean something. Medians throughout.
 
-usage: run.py [--quick]      (--quick: about a minute; the full run about eight)
+usage: run.py [--quick]      (--quick: about half a minute; the full run two to three minutes)
 """
 
 from __future__ import annotations
@@ -411,7 +411,7 @@ def report(m: dict[str, str], r: dict[str, Any], quick: bool) -> tuple[str, list
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="about a minute, fewer rounds and sizes")
+    parser.add_argument("--quick", action="store_true", help="about half a minute: fewer rounds and sizes")
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument(
         "--report-only",
