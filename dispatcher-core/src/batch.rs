@@ -270,50 +270,60 @@ impl Arena {
         self.bytes -= charge;
         if self.entries == 0 {
             self.reset();
-            self.release_unused_pages();
+            self.release_unused_pages(range.end - range.start + RECORD_HEADER);
         } else if self.head >= COMPACT_AFTER && self.head >= self.buf.len() / 8 {
             // Keeps the buffer within 8/7 of its records, at a constant cost: at most 7 bytes
             // moved per byte consumed.
             self.touched = self.touched.max(self.buf.len());
             self.buf.drain(..self.head);
             self.head = 0;
-            self.release_unused_pages();
+            self.release_unused_pages(range.end - range.start + RECORD_HEADER);
         }
         Some(charge)
     }
 
-    /// Gives the pages past the records back to the kernel when the buffer was once much
-    /// fuller than it is. Only evictions consume a shard's buffer in place, and the records
-    /// they leave can sit in any shard: without this, a stuck queue under `DropOldest` would
-    /// keep every shard's largest buffer resident as its entries moved between shards (the
-    /// bounded-memory check of 8 MiB grew by up to 19 MiB; with it, by about 10). It runs
-    /// at most once per compaction, so never on the ordinary enqueue path.
-    fn release_unused_pages(&mut self) {
-        const PAGE: usize = 4096;
-        let base = self.buf.as_mut_ptr() as usize;
-        // Whole pages only: from the first page boundary past the records to the last one
-        // before the end of what was written (and of the capacity).
-        let from = (base + self.buf.len()).next_multiple_of(PAGE);
-        let to = (base + self.touched.min(self.buf.capacity())) / PAGE * PAGE;
-        // A buffer that merely cycles between compactions (written up to 8/7 of its records)
-        // keeps its pages: releasing them would cost a fault per page on every cycle. One
-        // that was once much fuller than it is gives back the difference.
-        let records = self.buf.len();
-        if to < from + RELEASE_AFTER || to - base < records + records / 2 {
-            return;
-        }
+    /// Gives pages back to the kernel when the buffer was once much fuller than it is. Only
+    /// evictions consume a shard's buffer in place, and the records they leave can sit in any
+    /// shard: without this, a stuck queue under `DropOldest` would keep every shard's largest
+    /// buffer resident as its entries moved between shards (the bounded-memory check of
+    /// 8 MiB grew by up to 19 MiB; with it, by about 11). `popped` is the size of the record
+    /// just consumed.
+    ///
+    /// What stays resident is what the buffer's next cycles write anyway: 1.5x its records
+    /// (compaction keeps it within 8/7) plus room for two records like the last one (a queue
+    /// of a few large entries empties and refills its buffer on every eviction). Releasing
+    /// that would cost a fault per page on every cycle; past it, pages are only released in
+    /// runs of `RELEASE_AFTER` or more, at most once per compaction or reset.
+    fn release_unused_pages(&mut self, popped: usize) {
         #[cfg(target_os = "linux")]
         {
+            // SAFETY: sysconf has no preconditions.
+            let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+                p if p > 0 => p as usize,
+                _ => return,
+            };
+            let records = self.buf.len();
+            let keep = records + records / 2 + 2 * popped;
+            let base = self.buf.as_mut_ptr() as usize;
+            // Whole pages only (madvise rounds a length up to a page: `to` must be a page
+            // boundary inside the capacity, or it would reach the allocator's next chunk).
+            let from = (base + keep).next_multiple_of(page);
+            let to = (base + self.touched.min(self.buf.capacity())) / page * page;
+            if to < from + RELEASE_AFTER {
+                return;
+            }
             // SAFETY: `from..to` is whole pages inside `buf`'s spare capacity, past every
             // record: nothing points there and nothing reads it before writing it (the kernel
             // gives zeroed pages back on the next write). The allocator's own headers lie
             // outside the capacity.
-            if unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) }
-                == 0
-            {
+            let released =
+                unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
+            if released == 0 {
                 self.touched = from - base;
             }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = popped;
     }
 
     /// How many records from the front fit in `max_entries` and `max_bytes` (`usize::MAX`
