@@ -169,6 +169,88 @@ def test_a_batch_offered_to_a_stopping_loop_before_it_started_runs_on_the_privat
     assert out.read_text().split() == ["offered"]
 
 
+def test_a_batch_the_app_cancels_before_it_started_is_offered_to_the_running_loop_again(tmp_path: Path) -> None:
+    # The common shutdown idiom "cancel every task" catches the batch's task before its first
+    # step while the loop goes on: the batch must still run on the app's loop (where the app's
+    # sessions live), once, not on the private loop in another thread.
+    proc = run_python(f"""
+        import asyncio, threading
+        from background_dispatcher import BackgroundDispatcher
+
+        offered = threading.Event()
+        submit = asyncio.run_coroutine_threadsafe
+
+        def spy(coro, loop):
+            future = submit(coro, loop)
+            offered.set()
+            return future
+
+        asyncio.run_coroutine_threadsafe = spy
+        runs = []
+
+        async def main():
+            app_loop = asyncio.get_running_loop()
+
+            async def send(entries):
+                runs.append((entries, asyncio.get_running_loop() is app_loop))
+
+            d = BackgroundDispatcher(send, ms_delay=1, max_attempts=1)
+            d.enqueue("offered")
+            assert offered.wait({PATIENCE}), "batch never offered"  # holds the loop
+            await asyncio.sleep(0)  # lets the offered task be created
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            for _ in range(int({PATIENCE} * 100)):
+                if runs:
+                    break
+                await asyncio.sleep(0.01)
+            assert await d.aclose(timeout={PATIENCE}), "close timed out"
+            return d
+
+        d = asyncio.run(main())
+        assert runs == [(["offered"], True)], runs
+        assert (d.stats.dispatched, d.stats.failed) == (1, 0), d.stats
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(m in proc.stdout + proc.stderr for m in CRASH_MARKERS)
+
+
+@pytest.mark.parametrize("exc", ["KeyboardInterrupt", "SystemExit(3)"])
+def test_an_interrupt_on_the_main_threads_loop_fails_the_batch_and_reaches_the_app(exc: str) -> None:
+    # On the main thread a KeyboardInterrupt or SystemExit may be Ctrl-C or a SIGTERM
+    # handler's sys.exit landing in the batch: the batch fails, and the app still gets it.
+    proc = run_python(f"""
+        import asyncio
+        from background_dispatcher import BackgroundDispatcher
+
+        dropped, errors = [], []
+
+        async def send(entries):
+            raise {exc}
+
+        async def main():
+            global d
+            d = BackgroundDispatcher(send, ms_delay=1, on_drop=lambda e, r: dropped.append((e, r)),
+                                     on_error=lambda x, e: errors.append(type(x).__name__))
+            d.enqueue("x")
+            await asyncio.sleep({PATIENCE})
+            print("the app was not interrupted")
+
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, SystemExit) as e:
+            print("the app got", type(e).__name__)
+        assert d.close(timeout={PATIENCE})
+        assert dropped == [(["x"], "failed")], dropped
+        assert errors == ["{exc.split("(")[0]}"], errors
+        assert (d.stats.dispatched, d.stats.failed) == (0, 1), d.stats
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert f"the app got {exc.split('(')[0]}" in proc.stdout, proc.stdout
+    assert not any(m in proc.stdout + proc.stderr for m in CRASH_MARKERS)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_child_does_not_use_the_parents_event_loops(tmp_path: Path) -> None:
     # Forked while the private loop runs a batch, and once from inside a coroutine.

@@ -118,7 +118,9 @@ def in_style(
 ) -> BackgroundDispatcher[Any]:
     """``body(create())``, as is or (async-app) with the dispatcher created inside
     ``asyncio.run``, checking that the loop keeps running throughout and that ``asyncio.run``
-    returns normally. Returns the dispatcher."""
+    returns normally. Returns the dispatcher. The app's loop runs on a thread of its own: on
+    the main thread a ``KeyboardInterrupt`` or ``SystemExit`` is given back to the app's loop
+    (see test_an_interrupt_on_the_main_threads_loop_fails_the_batch_and_reaches_the_app)."""
     if style != "async-app":
         d = create()
         body(d)
@@ -142,7 +144,13 @@ def in_style(
         assert ticks > 0
         return d
 
-    return asyncio.run(main())
+    result: list[BackgroundDispatcher[Any]] = []
+    app = threading.Thread(target=lambda: result.append(asyncio.run(main())))
+    app.start()
+    app.join(PATIENCE * 4)
+    assert not app.is_alive(), "the app's event loop hung"
+    assert result, "asyncio.run raised"
+    return result[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ log = logging.getLogger("background_dispatcher")
 
 # How often a worker waiting for a batch on the app's event loop checks that the loop still runs.
 _LOOP_CHECK_SECONDS = 0.25
+# How many times a batch whose task the app's loop cancelled before it started is offered to
+# that loop again, while it runs, before it goes to the private loop.
+_MAX_OFFERS = 3
 
 
 #: Set while an async dispatch function runs, so that ``aflush``/``aclose`` from inside it
@@ -57,7 +60,11 @@ class _Handoff:
 class _Escaped(Exception):
     """Carries a ``KeyboardInterrupt`` or ``SystemExit`` raised by an async dispatch function
     out of its task. Raised as they are, asyncio would not keep them in the task: it re-raises
-    them out of the event loop, which stops it (the app's own loop, in ``asyncio.run``)."""
+    them out of the event loop, which stops it (the app's own loop, in ``asyncio.run``).
+
+    On the main thread they may not be the dispatch function's at all: Ctrl-C, or a SIGTERM
+    handler's ``sys.exit``, lands wherever the main thread is. So there the batch fails, and
+    the exception is raised again in the loop, which stops as it would have without us."""
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(exc)
@@ -71,7 +78,13 @@ async def _await(awaitable: Any, handoff: _Handoff | None = None) -> Any:
     try:
         return await awaitable
     except (KeyboardInterrupt, SystemExit) as exc:
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().call_soon(_reraise, exc)
         raise _Escaped(exc) from None
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def _is_async(fn: Any) -> bool:
@@ -155,7 +168,9 @@ class Runner:
 
     def _run(self, awaitable: Any) -> None:
         app_loop = self.app_loop
-        if app_loop is not None and app_loop.is_running():
+        offers = 0
+        while app_loop is not None and app_loop.is_running() and offers < _MAX_OFFERS:
+            offers += 1
             handoff = _Handoff()
             future = asyncio.run_coroutine_threadsafe(_await(awaitable, handoff), app_loop)
             while True:
@@ -163,16 +178,22 @@ class Runner:
                     future.result(timeout=_LOOP_CHECK_SECONDS)
                     return
                 except concurrent.futures.CancelledError:
-                    # The loop cancelled the task as it shut down (asyncio.run returning).
-                    if handoff.claim():
-                        break  # before it started: run it on the private loop below
-                    raise  # while it ran: this attempt failed
+                    # Something cancelled the task: the loop shutting down (asyncio.run
+                    # returning), or the app cancelling every task.
+                    if not handoff.claim():
+                        raise  # while it ran: this attempt failed
+                    break  # before it started: offer it again while the loop runs, else below
                 except concurrent.futures.TimeoutError:
-                    if app_loop.is_closed() or not app_loop.is_running():
-                        future.cancel()
-                        if handoff.claim():
-                            break
-                        raise RuntimeError("the event loop running this dispatcher's batches stopped") from None
+                    if app_loop.is_running():
+                        continue
+                    # Stopped. (A closed loop's future must not be cancelled: that schedules a
+                    # callback on the closed loop.)
+                    claimed = handoff.claim()
+                    if not app_loop.is_closed():
+                        future.cancel()  # a task that starts later finds the batch claimed
+                    if claimed:
+                        break  # it never started: run it below
+                    raise RuntimeError("the event loop running this dispatcher's batches stopped") from None
         # No app loop, or it stopped before the batch started: run on the dispatcher's own
         # loop, on this thread.
         with self._lock:
