@@ -77,7 +77,9 @@ build: ## Build the C library (target/release/libbackground_dispatcher.{so,a})
 # can relocate it; the CMake package finds everything relative to its own directory.
 PC_LIBDIR = $(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))
 PC_INCLUDEDIR = $(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))
-CMAKE_TO_INCLUDEDIR = $(shell $(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' $(INCLUDEDIR) $(CMAKEDIR))
+RELPATH = $(shell $(PYTHON) -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' $(1) $(2))
+CMAKE_TO_INCLUDEDIR = $(call RELPATH,$(INCLUDEDIR),$(CMAKEDIR))
+CMAKE_TO_LIBDIR = $(call RELPATH,$(LIBDIR),$(CMAKEDIR))
 SPACE := $(subst ,, )
 CMAKE_STATIC_LIBS = $(subst $(SPACE),;,$(patsubst -l%,%,$(STATIC_LIBS)))
 SIZEOF_VOID_P = $(shell echo __SIZEOF_POINTER__ | $(CC) -E -P - | tail -n 1)
@@ -98,7 +100,8 @@ install: $(if $(NO_BUILD),,build) ## Install library, headers, pkg-config and CM
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(PC_LIBDIR)|' -e 's|@INCLUDEDIR@|$(PC_INCLUDEDIR)|' \
 		-e 's|@VERSION@|$(VERSION)|' -e 's|@STATIC_LIBS@|$(STATIC_LIBS)|' \
 		packaging/background-dispatcher.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/background-dispatcher.pc
-	sed -e 's|@CMAKE_TO_INCLUDEDIR@|$(CMAKE_TO_INCLUDEDIR)|' -e 's|@REALNAME@|$(REALNAME)|' \
+	sed -e 's|@CMAKE_TO_INCLUDEDIR@|$(CMAKE_TO_INCLUDEDIR)|' -e 's|@CMAKE_TO_LIBDIR@|$(CMAKE_TO_LIBDIR)|' \
+		-e 's|@REALNAME@|$(REALNAME)|' \
 		-e 's|@SONAME@|$(SONAME)|' -e 's|@CMAKE_STATIC_LIBS@|$(CMAKE_STATIC_LIBS)|' \
 		packaging/BackgroundDispatcherConfig.cmake.in > $(DESTDIR)$(CMAKEDIR)/BackgroundDispatcherConfig.cmake
 	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|' \

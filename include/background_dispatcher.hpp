@@ -258,12 +258,27 @@ inline std::uint64_t option_ms(std::chrono::milliseconds ms) {
     return static_cast<std::uint64_t>(ms.count());
 }
 
-// Deadlines: negative means "now"; milliseconds::max() means "no deadline".
-inline std::uint64_t timeout_ms(std::chrono::milliseconds ms) noexcept {
-    if (ms == std::chrono::milliseconds::max()) {
-        return BD_NO_TIMEOUT;
+// Any duration to whole milliseconds, rounded up (so 500us is 1 ms, not 0), saturating: a
+// duration of milliseconds::max() or more, in any unit (seconds::max(), hours::max()), is
+// `forever`, never an overflowing conversion. Negative durations are `negative`.
+template <class Rep, class Period>
+std::uint64_t saturating_ms(std::chrono::duration<Rep, Period> d, std::uint64_t negative,
+                            std::uint64_t forever) noexcept {
+    using ms_ld = std::chrono::duration<long double, std::milli>;
+    if (d < d.zero()) {
+        return negative;
     }
-    return ms.count() < 0 ? 0 : static_cast<std::uint64_t>(ms.count());
+    const long double ms = std::chrono::duration_cast<ms_ld>(d).count();
+    if (ms >= static_cast<long double>(std::chrono::milliseconds::max().count())) {
+        return forever;
+    }
+    return static_cast<std::uint64_t>(std::chrono::ceil<std::chrono::milliseconds>(d).count());
+}
+
+// Deadlines: negative means "now"; milliseconds::max() or more means "no deadline".
+template <class Rep, class Period>
+std::uint64_t timeout_ms(std::chrono::duration<Rep, Period> d) noexcept {
+    return saturating_ms(d, 0, BD_NO_TIMEOUT);
 }
 
 // What bd_new gets as user_data: the callables, type-erased behind one virtual call.
@@ -286,10 +301,17 @@ struct CallbacksFor final : Callbacks {
 
 // The trampolines have C language linkage because the C library calls them through C function
 // pointer types. Nothing may unwind out of them into the library: every exception is caught
-// here and becomes a failed batch (dispatch) or is only counted (on_drop).
+// here and becomes a failed batch (dispatch) or is only counted (on_drop). Hidden, so that a
+// shared library built with this header does not export them (two libraries built with
+// different versions of the header must not share one definition).
+#if defined(__GNUC__) || defined(__clang__)
+#define BD_HPP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BD_HPP_HIDDEN
+#endif
 extern "C" {
 
-inline int bd_hpp_dispatch(void *user_data, const bd_batch *batch) noexcept {
+BD_HPP_HIDDEN inline int bd_hpp_dispatch(void *user_data, const bd_batch *batch) noexcept {
     auto *callbacks = static_cast<Callbacks *>(user_data);
     try {
         return callbacks->dispatch(Batch(*batch)) ? 0 : 1;
@@ -299,7 +321,7 @@ inline int bd_hpp_dispatch(void *user_data, const bd_batch *batch) noexcept {
     }
 }
 
-inline void bd_hpp_drop(void *user_data, const bd_batch *batch, bd_drop_reason reason) noexcept {
+BD_HPP_HIDDEN inline void bd_hpp_drop(void *user_data, const bd_batch *batch, bd_drop_reason reason) noexcept {
     auto *callbacks = static_cast<Callbacks *>(user_data);
     try {
         callbacks->on_drop(Batch(*batch), static_cast<DropReason>(reason));
@@ -308,9 +330,10 @@ inline void bd_hpp_drop(void *user_data, const bd_batch *batch, bd_drop_reason r
     }
 }
 
-inline void bd_hpp_free(void *user_data) noexcept { delete static_cast<Callbacks *>(user_data); }
+BD_HPP_HIDDEN inline void bd_hpp_free(void *user_data) noexcept { delete static_cast<Callbacks *>(user_data); }
 
 } // extern "C"
+#undef BD_HPP_HIDDEN
 
 } // namespace detail
 
@@ -325,8 +348,8 @@ class Dispatcher {
      * moved or copied into the dispatcher) receives each batch at most every `ms_delay`.
      * Throws bd::Error (Status::invalid_options, Status::thread_spawn) or std::bad_alloc.
      */
-    template <class F>
-    Dispatcher(F &&dispatch, std::chrono::milliseconds ms_delay, Options options = {})
+    template <class F, class Rep, class Period>
+    Dispatcher(F &&dispatch, std::chrono::duration<Rep, Period> ms_delay, Options options = {})
         : close_timeout_(options.close_timeout) {
         // A static_assert rather than SFINAE: the message beats "no matching constructor", and
         // with two required parameters this template never competes with the move constructor.
@@ -350,7 +373,7 @@ class Dispatcher {
         }
         c.user_data_free = &detail::bd_hpp_free;
         // ms_delay 0 (or negative, mapped to 0) is the library's to refuse.
-        std::uint64_t delay = ms_delay.count() < 0 ? 0 : static_cast<std::uint64_t>(ms_delay.count());
+        std::uint64_t delay = detail::saturating_ms(ms_delay, 0, UINT64_MAX);
         bd_dispatcher *handle = nullptr;
         bd_status status = bd_new(&detail::bd_hpp_dispatch, callbacks.get(), delay, &c, &handle);
         if (status != BD_STATUS_OK) {
@@ -403,7 +426,8 @@ class Dispatcher {
      * dispatched or dropped (bd_flush). False if `timeout` passed first (the flush goes on).
      * Throws bd::Error with Status::reentrant from inside a callback.
      */
-    bool flush(std::chrono::milliseconds timeout) const {
+    template <class Rep, class Period>
+    bool flush(std::chrono::duration<Rep, Period> timeout) const {
         return succeeded(bd_flush(handle_, detail::timeout_ms(timeout)), "bd_flush");
     }
 
@@ -416,7 +440,8 @@ class Dispatcher {
      * queued went to on_drop. Idempotent. Throws bd::Error with Status::reentrant from inside a
      * callback.
      */
-    bool close(std::chrono::milliseconds timeout) const {
+    template <class Rep, class Period>
+    bool close(std::chrono::duration<Rep, Period> timeout) const {
         return succeeded(bd_shutdown(handle_, detail::timeout_ms(timeout)), "bd_shutdown");
     }
 

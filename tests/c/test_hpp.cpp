@@ -513,6 +513,31 @@ void close_then_enqueue() {
                 close_ms, bd::to_string(bd::Status::closed));
 }
 
+void any_duration() {
+    // Deadlines and ms_delay in any unit: a huge one means "no deadline" (seconds::max() once
+    // overflowed to a negative count, "now", and abandoned the queue); a sub-millisecond one
+    // rounds up instead of becoming 0.
+    CHECK_EQ(bd::detail::timeout_ms(std::chrono::seconds::max()), BD_NO_TIMEOUT);
+    CHECK_EQ(bd::detail::timeout_ms(std::chrono::hours::max()), BD_NO_TIMEOUT);
+    CHECK_EQ(bd::detail::timeout_ms(std::chrono::milliseconds::max()), BD_NO_TIMEOUT);
+    CHECK_EQ(bd::detail::timeout_ms(std::chrono::microseconds(500)), 1u);
+    CHECK_EQ(bd::detail::timeout_ms(std::chrono::duration<double>(1.5)), 1500u);
+    CHECK_EQ(bd::detail::timeout_ms(-1ms), 0u);
+    Recorder rec;
+    bd::Dispatcher d([&rec](const bd::Batch &b) { return rec.record(b); }, std::chrono::hours(1));
+    for (int i = 0; i < 10; i++) {
+        CHECK_STATUS(d.enqueue("queued"), bd::Status::ok);
+    }
+    CHECK(d.flush(std::chrono::seconds::max()));
+    CHECK_EQ(rec.count(), 10);
+    CHECK_STATUS(d.enqueue("queued"), bd::Status::ok);
+    CHECK(d.close(std::chrono::seconds::max()));
+    CHECK_EQ(rec.count(), 11);
+    bd::Stats s = checked_stats(d);
+    CHECK_EQ(s.abandoned, 0);
+    std::printf("  seconds::max() and hours::max() are no deadline; 500us is 1 ms; 11 entries delivered\n");
+}
+
 void reentrant_flush() {
     // flush()/close() from inside the dispatch callable would deadlock: bd::Error(reentrant).
     bd::Status seen_flush = bd::Status::ok, seen_close = bd::Status::ok;
@@ -684,6 +709,7 @@ const TestCase tests[] = {
     {"hpp_stats_counts", stats_counts},
     {"hpp_close_then_enqueue", close_then_enqueue},
     {"hpp_reentrant_flush", reentrant_flush},
+    {"hpp_any_duration", any_duration},
     {"hpp_destructor_delivers", destructor_delivers},
     {"hpp_destructor_bounded", destructor_bounded},
     {"hpp_threads", threads},

@@ -118,6 +118,18 @@ case "$out" in *"library $stage/opt/bd/lib/$REALNAME"*) ;; *) fail "staged consu
 echo "DESTDIR: $(find "$stage" -type f | wc -l) files under $stage/opt/bd, .pc says prefix=/opt/bd," \
     "no staging path in any file; relocatable for find_package and pkg-config --define-prefix"
 
+# --- 4b. custom directories: a multiarch LIBDIR and the CMake package under share/ ----------
+custom="$tmp/custom"
+t "$MAKE" -s -C "$root" install PREFIX="$custom" LIBDIR="$custom/lib/x86_64-linux-gnu" \
+    CMAKEDIR="$custom/share/cmake/BackgroundDispatcher" NO_BUILD=1 > /dev/null
+t "$CMAKE" -S "$here" -B "$tmp/cmake-custom" -DCMAKE_PREFIX_PATH="$custom" > "$tmp/cmake3.log" 2>&1 ||
+    { cat "$tmp/cmake3.log"; fail "cmake configure against custom LIBDIR/CMAKEDIR"; }
+t "$CMAKE" --build "$tmp/cmake-custom" -j 2 --target consumer_c > "$tmp/build3.log" 2>&1 ||
+    { cat "$tmp/build3.log"; fail "cmake build against custom LIBDIR/CMAKEDIR"; }
+out=$(run "$tmp/cmake-custom/consumer_c" custom-dirs) || fail "custom-dirs consumer_c exited with $?"
+case "$out" in *"library $custom/lib/x86_64-linux-gnu/$REALNAME"*) ;; *) fail "custom-dirs consumer_c used another library" ;; esac
+echo "custom directories: find_package found LIBDIR=lib/x86_64-linux-gnu through share/cmake"
+
 # --- 5. uninstall --------------------------------------------------------------------------
 t "$MAKE" -s -C "$root" uninstall PREFIX="$prefix" > /dev/null
 left=$(find "$prefix" ! -type d | wc -l)
