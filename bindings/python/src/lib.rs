@@ -648,6 +648,12 @@ impl PyDispatcher {
         let _ = self.core().begin_shutdown();
     }
 
+    /// Whether `close` has begun: every `enqueue` is refused from then on.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.core().is_closed()
+    }
+
     /// A consistent snapshot of the counters.
     #[getter]
     fn stats(&self) -> PyStats {

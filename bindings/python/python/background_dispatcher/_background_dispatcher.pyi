@@ -121,6 +121,9 @@ class _BackgroundDispatcher(Generic[_T]):
     def _close_nowait(self) -> None: ...
     def __class_getitem__(cls, item: Any, /) -> Any: ...
     @property
+    def closed(self) -> bool:
+        """Whether ``close`` has begun: every ``enqueue`` is refused from then on."""
+    @property
     def stats(self) -> DispatcherStats:
         """A consistent snapshot of the counters."""
 

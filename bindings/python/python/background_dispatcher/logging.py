@@ -13,21 +13,23 @@ Guarantees, each proven by ``tests/python/test_logging_handler.py``:
   ``overflow="block"`` is refused with ``ValueError``; a full queue drops the record (counted in
   ``dropped``); exceptions of the dispatch function stay on the dispatcher's thread. A record
   that cannot be formatted goes to ``Handler.handleError``, as with every stdlib handler.
-- **No recursion, no deadlock.** Records emitted from inside this handler's own callbacks (the
-  dispatch function, ``on_error``, ``on_drop``, the library's report of a failed batch) are not
-  queued (that would feed the shipper its own chatter, a batch per window forever) but handed
-  to ``fallback`` (default ``logging.lastResort``: stderr, WARNING and above) and counted in
-  ``diverted``. ``handle`` does not take the handler's lock (``enqueue`` is thread-safe), so a
+- **No recursion, no deadlock.** Records emitted from inside a DispatchingHandler's callbacks
+  (the dispatch function, ``on_error``, ``on_drop``, the library's report of a failed batch),
+  this one's or another's, are not queued (that would feed the shipper its own chatter, a batch
+  per window forever) but handed to ``fallback`` (default ``logging.lastResort``: stderr,
+  WARNING and above) and counted in ``diverted``, as are records refused because the handler
+  is closed. ``handle`` does not take the handler's lock (``enqueue`` is thread-safe), so a
   dispatch function that logs while another thread holds that lock in ``flush``/``close``
   (``logging.shutdown`` does) cannot deadlock either.
-- **flush / close are bounded**: ``flush()`` waits at most ``flush_timeout`` seconds for what
-  is queued to be delivered; ``close()`` delivers and stops within ``close_timeout`` seconds
-  (entries still queued then go to ``on_drop`` as ``"shutdown_timeout"``), is idempotent, and
-  returns at once (closing on a helper thread) when called from inside a callback. Bounded
-  matters even without a hung collector: ``logging.config.dictConfig`` closes the old handlers
-  while holding logging's module lock, which a dispatch function calling
-  ``logging.getLogger`` for a new name waits for; such a close ends at ``close_timeout`` and
-  the batch finishes afterwards.
+- **flush / close are bounded and lose nothing**: ``flush()`` waits at most ``flush_timeout``
+  seconds for what is queued to be delivered; ``close()`` stops accepting records and waits
+  at most ``close_timeout`` seconds for the queue to be delivered, then leaves the rest to be
+  delivered in the background (at interpreter exit, within
+  ``background_dispatcher.exit_timeout``); it is idempotent, and returns at once when called
+  from inside a callback. Bounded matters even without a hung collector:
+  ``logging.config.dictConfig`` closes the old handlers while holding logging's module lock,
+  which a dispatch function calling ``logging.getLogger`` for a new name waits for; such a
+  close ends at ``close_timeout`` and the batches finish afterwards.
 
 For ``logging.config.dictConfig``, every parameter is a keyword::
 
@@ -150,7 +152,9 @@ class DispatchingHandler(logging.Handler):
             record = rv
         if not rv:
             return False
-        if _IN_CALLBACK.get() is self:
+        if _IN_CALLBACK.get() is not None:
+            # Inside any DispatchingHandler's callbacks, not only this one's: two handlers
+            # whose dispatch functions log would otherwise feed each other a batch per window.
             self._divert(record)
         else:
             self.emit(record)
@@ -158,9 +162,12 @@ class DispatchingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Formats ``record`` and queues the text; never waits. A refused entry (queue full,
-        closed) is counted in ``dropped``; a formatting error goes to ``handleError``."""
+        closed) is counted in ``dropped``; one refused because the handler is closed (say,
+        logged by an exit hook that runs after the package's) also goes to ``fallback``, so
+        that it is not lost unseen. A formatting error goes to ``handleError``."""
         try:
-            self._dispatcher.enqueue(self.format(record))
+            if not self._dispatcher.enqueue(self.format(record)) and self._dispatcher.closed:
+                self._divert(record)
         except Exception:  # noqa: BLE001 - the logging call must not fail; handleError reports
             self.handleError(record)
 
@@ -178,24 +185,24 @@ class DispatchingHandler(logging.Handler):
 
     def close(self) -> None:
         """Stops accepting records and delivers what is queued, waiting at most
-        ``close_timeout`` seconds; idempotent. Inside a callback, where the dispatcher cannot
-        be closed (its worker is busy with this very batch), the close runs on a helper
-        thread once the batch is over, and this returns at once."""
+        ``close_timeout`` seconds; idempotent. What is still queued at that deadline is not
+        dropped: it is delivered in the background (and at interpreter exit, within
+        ``background_dispatcher.exit_timeout``). Inside a callback, or on the event loop that
+        runs async batches, where waiting would deadlock, this returns at once."""
         if not self._closed:
             self._closed = True
             if _IN_CALLBACK.get() is self:
-                closer = threading.Thread(
-                    target=self._dispatcher.close,
-                    args=(self.close_timeout,),
-                    name="DispatchingHandler.close",
-                    daemon=True,
-                )
-                closer.start()
+                # On the worker's own thread the dispatcher cannot begin its close (its worker
+                # is busy with this very batch): a helper thread does, at once.
+                threading.Thread(
+                    target=self._dispatcher._close_nowait, name="DispatchingHandler.close", daemon=True
+                ).start()
             else:
                 try:
-                    self._dispatcher.close(timeout=self.close_timeout)
+                    self._dispatcher.flush(timeout=self.close_timeout)
                 except ReentrantError:  # on the event loop that runs async batches
-                    self._dispatcher._close_nowait()
+                    pass
+                self._dispatcher._close_nowait()  # refuses new records; the worker drains the rest
         super().close()
 
     # -- counters ---------------------------------------------------------------------------
@@ -215,7 +222,8 @@ class DispatchingHandler(logging.Handler):
 
     @property
     def diverted(self) -> int:
-        """Records logged from inside this handler's callbacks, handed to ``fallback``."""
+        """Records handed to ``fallback``: logged from inside a DispatchingHandler's callbacks,
+        or refused because this handler was closed."""
         return self._diverted
 
     # -- the dispatcher side: callbacks, each under the recursion guard ---------------------
