@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "python" / "gateway_demo.py"
 TIMEOUT = 90.0  # seconds for a one-second demo on a busy shared machine
 
@@ -83,6 +85,15 @@ def test_help() -> None:
     assert proc.returncode == 0
     for option in ("--duration", "--threads", "--rate", "--ms-delay", "--collector", "--serve"):
         assert option in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [("--duration", "nan"), ("--duration", "-1"), ("--threads", "0"), ("--rate", "inf"), ("--ms-delay", "0")]
+)
+def test_bad_arguments_are_refused(args: tuple[str, str]) -> None:
+    proc = run_demo(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error:" in proc.stderr
 
 
 def test_collector_counts_only_valid_ndjson() -> None:

@@ -65,7 +65,8 @@ class _BackgroundDispatcher(Generic[_T]):
     - ``dispatch``: called with each batch, a ``list`` of the very objects enqueued, in
       per-thread enqueue order, on the dispatcher's thread, one batch at a time. May be
       ``async def``. Raising fails the batch.
-    - ``ms_delay``: minimum milliseconds between dispatch starts (> 0). The first entry in an
+    - ``ms_delay``: minimum milliseconds between dispatch starts (> 0), except for a full batch
+      (a batch limit reached), ``flush`` and ``close``, which do not wait. The first entry in an
       empty queue opens a window of ``ms_delay``; when it ends, everything queued is dispatched.
     - ``max_queue_entries`` / ``max_queue_bytes``: bounds on what is queued (the batch in flight
       is not counted); ``None`` = no limit.
