@@ -129,6 +129,20 @@ t "$CMAKE" --build "$tmp/cmake-custom" -j 2 --target consumer_c > "$tmp/build3.l
 out=$(run "$tmp/cmake-custom/consumer_c" custom-dirs) || fail "custom-dirs consumer_c exited with $?"
 case "$out" in *"library $custom/lib/x86_64-linux-gnu/$REALNAME"*) ;; *) fail "custom-dirs consumer_c used another library" ;; esac
 echo "custom directories: find_package found LIBDIR=lib/x86_64-linux-gnu through share/cmake"
+# Without the static library (packaged apart), the package is still found, shared target only.
+rm "$custom/lib/x86_64-linux-gnu/libbackground_dispatcher.a"
+mkdir -p "$tmp/no-static"
+cat > "$tmp/no-static/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(no_static C)
+find_package(BackgroundDispatcher 0.1 REQUIRED)
+if(NOT TARGET BackgroundDispatcher::background_dispatcher OR TARGET BackgroundDispatcher::background_dispatcher_static)
+  message(FATAL_ERROR "expected the shared target only")
+endif()
+CMAKE
+t "$CMAKE" -S "$tmp/no-static" -B "$tmp/no-static/build" -DCMAKE_PREFIX_PATH="$custom" > "$tmp/cmake4.log" 2>&1 ||
+    { cat "$tmp/cmake4.log"; fail "find_package without the static library"; }
+echo "without libbackground_dispatcher.a: found, with the shared target only"
 
 # --- 5. uninstall --------------------------------------------------------------------------
 t "$MAKE" -s -C "$root" uninstall PREFIX="$prefix" > /dev/null
