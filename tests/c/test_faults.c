@@ -268,37 +268,6 @@ static void blocker_free(void *user_data) { atomic_fetch_add(&((blocker *)user_d
 
 static bool blocker_freed(void *arg) { return atomic_load(&((blocker *)arg)->freed) >= 1; }
 
-/* Threads of this process (from /proc/self/status), or -1. */
-static int thread_count(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL) {
-        return -1;
-    }
-    char line[256];
-    int n = -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "Threads:", 8) == 0) {
-            n = atoi(line + 8);
-            break;
-        }
-    }
-    fclose(f);
-    return n;
-}
-
-static bool only_main_thread(void *arg) {
-    (void)arg;
-    return thread_count() == 1;
-}
-
-/* A dispatcher that frees itself on its own thread: wait (bounded) until that thread is gone,
- * so that the leak checkers at exit do not see it half-way. */
-static void wait_threads_gone(void) {
-    if (thread_count() > 0) {
-        CHECK(wait_until(only_main_thread, NULL, T(5000)));
-    }
-}
-
 static bool first_call_started(void *arg) { return atomic_load(&((blocker *)arg)->calls) >= 1; }
 
 typedef struct block_producer {
@@ -423,7 +392,7 @@ static void fault_block_released(void) {
     /* After a shutdown that returned TIMEOUT, bd_free does not wait (see the header): the
      * dispatcher's thread calls user_data_free as it leaves. */
     CHECK(wait_until(blocker_freed, &bl, T(5000)));
-    wait_threads_gone();
+    wait_worker_exit();
     printf("  bd_free returned after %.1f ms; user_data_free calls %u\n", (double)free_ns / 1e6,
            atomic_load(&bl.freed));
     CHECK_EQ(atomic_load(&bl.freed), 1);

@@ -1,37 +1,6 @@
 /* bd_flush, bd_shutdown, bd_free and re-entrant calls from the dispatch callback. */
 #include "test_util.h"
 
-/* Threads of this process (from /proc/self/status), or -1. */
-static int thread_count(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL) {
-        return -1;
-    }
-    char line[256];
-    int n = -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "Threads:", 8) == 0) {
-            n = atoi(line + 8);
-            break;
-        }
-    }
-    fclose(f);
-    return n;
-}
-
-static bool only_main_thread(void *arg) {
-    (void)arg;
-    return thread_count() == 1;
-}
-
-/* After a dispatcher freed itself on its own thread, wait (bounded) until that thread is gone so
- * leak checkers do not see it half-way. */
-static void wait_worker_exit(void) {
-    if (thread_count() > 0) {
-        CHECK(wait_until(only_main_thread, NULL, T(5000)));
-    }
-}
-
 static bool freed_once(void *arg) { return atomic_load(&((recorder *)arg)->freed) >= 1; }
 
 static void check_delivered(recorder *r, uint32_t tag, size_t n) {

@@ -131,6 +131,37 @@ static inline bool wait_until(bool (*pred)(void *), void *ctx, uint64_t timeout_
     }
 }
 
+/* Threads of this process (from /proc/self/status), or -1. */
+static inline int thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) {
+        return -1;
+    }
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, "Threads:", 8) == 0) {
+            n = atoi(line + 8);
+            break;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+static inline bool only_main_thread(void *arg) {
+    (void)arg;
+    return thread_count() == 1;
+}
+
+/* After a dispatcher freed itself on its own thread, waits (bounded) until that thread is
+ * gone, so that the leak checkers at exit do not see it half-way. */
+static inline void wait_worker_exit(void) {
+    if (thread_count() > 0) {
+        CHECK(wait_until(only_main_thread, NULL, T(5000)));
+    }
+}
+
 static inline void abs_deadline(struct timespec *ts, uint64_t timeout_ms) {
     clock_gettime(CLOCK_MONOTONIC, ts);
     uint64_t ns = (uint64_t)ts->tv_nsec + (timeout_ms % 1000) * NS_PER_MS;
