@@ -61,6 +61,11 @@ impl Ledger {
         self.dispatched.lock().unwrap().clone()
     }
 
+    /// The entries handed to `on_drop`, whatever the reason.
+    fn dropped_entries(&self) -> Vec<u8> {
+        self.dropped.lock().unwrap().iter().map(|d| d.0).collect()
+    }
+
     /// Waits until `n` entries were dispatched. No timeout: if the worker never dispatches
     /// them, every thread ends up blocked and loom reports the deadlock.
     fn wait_dispatched(&self, n: usize) {
@@ -110,6 +115,16 @@ fn dispatcher(
         })
         .expect("valid options");
     (dispatcher, ledger, freed)
+}
+
+/// The end of every model: dropping the last handle frees the engine (the worker's reference
+/// included).
+fn drop_last_handle<T>(dispatcher: T, freed: &AtomicBool) {
+    drop(dispatcher);
+    assert!(
+        freed.load(Ordering::SeqCst),
+        "the engine outlived its last handle"
+    );
 }
 
 /// Figures summed over every interleaving of one model, printed at the end.
@@ -235,7 +250,7 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
                  (dispatched then: {at_shutdown:?})"
             );
         }
-        let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
+        let dropped = ledger.dropped_entries();
         check_stats(
             dispatcher.stats(),
             accepted.len(),
@@ -244,11 +259,7 @@ fn shutdown_racing_two_producers_drains_everything_accepted() {
         );
         tally.check(&accepted, &refused, &ledger.dispatched(), &dropped);
 
-        drop(dispatcher); // the last handle: joins the (finished) worker
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed); // the last handle: joins the (finished) worker
     });
 }
 
@@ -280,14 +291,10 @@ fn flush_returns_after_what_was_enqueued_before_it() {
         // Both flushes returned, so both entries are out: shutting down finds nothing left.
         assert_eq!(ledger.dispatched().len(), 2);
         dispatcher.shutdown(None).expect("no deadline, no timeout");
-        let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
+        let dropped = ledger.dropped_entries();
         check_stats(dispatcher.stats(), 2, 2, dropped.len());
         tally.check(&[1, 2], &[], &ledger.dispatched(), &dropped);
-        drop(dispatcher);
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed);
     });
 }
 
@@ -316,11 +323,7 @@ fn a_full_batch_wakes_the_sleeping_worker() {
         dispatcher.shutdown(None).expect("no deadline, no timeout");
         check_stats(dispatcher.stats(), 2, 2, 0);
         tally.check(&[1, 2], &[], &dispatched, &[]);
-        drop(dispatcher);
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed);
     });
 }
 
@@ -365,11 +368,7 @@ fn a_failed_batch_is_dropped_with_its_reason_once() {
         check_stats(stats, accepted.len(), dispatched.len(), dropped.len());
         assert_eq!(stats.failed, dropped.len() as u64, "{stats:?}");
         tally.check(&accepted, &refused, &dispatched, &dropped);
-        drop(dispatcher);
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed);
     });
 }
 
@@ -402,7 +401,7 @@ fn flush_racing_shutdown_returns_after_its_entry() {
             Err(EnqueueError::Closed) => (&[], &[1]),
             Err(err) => panic!("entry 1 refused with {err:?}"),
         };
-        let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
+        let dropped = ledger.dropped_entries();
         check_stats(
             dispatcher.stats(),
             accepted.len(),
@@ -410,11 +409,7 @@ fn flush_racing_shutdown_returns_after_its_entry() {
             dropped.len(),
         );
         tally.check(accepted, refused, &ledger.dispatched(), &dropped);
-        drop(dispatcher);
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed);
     });
 }
 
@@ -444,11 +439,7 @@ fn a_blocked_producer_is_woken_when_room_is_freed() {
         let dispatched = ledger.dispatched();
         check_stats(dispatcher.stats(), 2, dispatched.len(), 0);
         tally.check(&[1, 2], &[], &dispatched, &[]);
-        drop(dispatcher);
-        assert!(
-            freed.load(Ordering::SeqCst),
-            "the engine outlived its last handle"
-        );
+        drop_last_handle(dispatcher, &freed);
     });
 }
 
@@ -474,7 +465,7 @@ fn the_last_handle_dropped_on_any_thread_drains_and_frees() {
             freed.load(Ordering::SeqCst),
             "the engine outlived its last handle"
         );
-        let dropped: Vec<u8> = ledger.dropped.lock().unwrap().iter().map(|d| d.0).collect();
+        let dropped = ledger.dropped_entries();
         tally.check(&[1], &[], &ledger.dispatched(), &dropped);
     });
 }
